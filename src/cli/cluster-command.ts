@@ -1,0 +1,130 @@
+// `extbackend cluster build|up|run|down|status`: the local control plane for
+// development and tests. `up` runs `run` as a detached background process that
+// owns the cluster; `down` asks it to stop and waits until it has.
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { REPO_ROOT, ensureControlPlane } from '../devcluster/build.ts';
+import { clusterAnswers, startLocalCluster } from '../devcluster/cluster.ts';
+import { logger } from '../log.ts';
+import { UsageError, type ParsedArgs, stringFlag } from './args.ts';
+import { untilSignal } from './signals.ts';
+
+export const clusterFlags = {
+  'state-dir': { type: 'string', help: 'where `up` writes kubeconfig, pid and log', default: path.join(REPO_ROOT, '.cluster') },
+} as const;
+
+const files = (stateDir: string) => ({
+  kubeconfig: path.join(stateDir, 'kubeconfig'),
+  pid: path.join(stateDir, 'cluster.pid'),
+  log: path.join(stateDir, 'cluster.log'),
+});
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function readPid(file: string): Promise<number | undefined> {
+  const text = await readFile(file, 'utf8').catch(() => '');
+  const pid = Number(text.trim());
+  return Number.isInteger(pid) && pid > 0 && alive(pid) ? pid : undefined;
+}
+
+async function runForeground(stateDir: string): Promise<void> {
+  const f = files(stateDir);
+  await mkdir(stateDir, { recursive: true });
+  const cluster = await startLocalCluster();
+  try {
+    await copyFile(cluster.kubeconfig, f.kubeconfig);
+    await writeFile(f.pid, `${process.pid}\n`);
+    logger().info('cluster running; stop with `npm run cluster:down` or Ctrl-C', { kubeconfig: f.kubeconfig, version: cluster.version });
+    await untilSignal();
+  } finally {
+    await cluster.stop();
+    await rm(f.kubeconfig, { force: true });
+    await rm(f.pid, { force: true });
+  }
+}
+
+async function up(stateDir: string): Promise<void> {
+  const f = files(stateDir);
+  if ((await readPid(f.pid)) && (await clusterAnswers(f.kubeconfig))) {
+    process.stdout.write(`already running: ${f.kubeconfig}\n`);
+    return;
+  }
+  await mkdir(stateDir, { recursive: true });
+  await rm(f.kubeconfig, { force: true });
+  const logFd = openSync(f.log, 'w');
+  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'bin', 'extbackend.js'), 'cluster', 'run', `--state-dir=${stateDir}`], {
+    detached: true,
+    stdio: ['ignore', logFd, logFd],
+    env: { ...process.env, EXTBACKEND_LOG_FORMAT: 'text' },
+  });
+  closeSync(logFd);
+  child.unref();
+  // The first run builds the control plane, which takes a while: wait as long as
+  // the background process lives.
+  for (;;) {
+    if (child.exitCode !== null || !alive(child.pid!)) {
+      const tail = (await readFile(f.log, 'utf8').catch(() => '')).split('\n').slice(-25).join('\n');
+      throw new Error(`the local cluster did not start; ${f.log} ends with:\n${tail}`);
+    }
+    if (existsSync(f.pid) && (await clusterAnswers(f.kubeconfig))) break;
+    await sleep(500);
+  }
+  process.stdout.write(`local cluster up (pid ${child.pid}); kubeconfig: ${f.kubeconfig}\n  kubectl --kubeconfig ${path.relative(process.cwd(), f.kubeconfig) || f.kubeconfig} get --raw /readyz\n`);
+}
+
+async function down(stateDir: string): Promise<void> {
+  const f = files(stateDir);
+  const pid = await readPid(f.pid);
+  if (!pid) {
+    process.stdout.write('no local cluster is running\n');
+    await rm(f.kubeconfig, { force: true });
+    return;
+  }
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + 60_000;
+  while (alive(pid)) {
+    if (Date.now() > deadline) {
+      process.kill(pid, 'SIGKILL');
+      break;
+    }
+    await sleep(200);
+  }
+  await rm(f.pid, { force: true });
+  process.stdout.write('local cluster stopped\n');
+}
+
+export async function clusterCommand(args: ParsedArgs): Promise<void> {
+  const stateDir = path.resolve(stringFlag(args, 'state-dir')!);
+  const sub = args.positionals[0];
+  switch (sub) {
+    case 'build': {
+      const build = await ensureControlPlane();
+      process.stdout.write(`${build.binDir}\n`);
+      return;
+    }
+    case 'run':
+      return runForeground(stateDir);
+    case 'up':
+      return up(stateDir);
+    case 'down':
+      return down(stateDir);
+    case 'status': {
+      const ok = await clusterAnswers(files(stateDir).kubeconfig);
+      process.stdout.write(ok ? `running: ${files(stateDir).kubeconfig}\n` : 'not running\n');
+      if (!ok) process.exitCode = 1;
+      return;
+    }
+    default:
+      throw new UsageError(`cluster: expected build, up, run, down or status, got ${sub ?? 'nothing'}`);
+  }
+}

@@ -1,0 +1,250 @@
+// A real, throwaway Kubernetes control plane on this machine: etcd, kube-apiserver and
+// kube-controller-manager on free ports with fresh credentials. Used by the tests and
+// by `npm start` when no cluster is configured. No kubelet, no scheduler: nothing here
+// runs pods, which our tests never need.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import https from 'node:https';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { logger } from '../log.ts';
+import { ensureControlPlane, type ControlPlaneBinary, type ControlPlaneBuild } from './build.ts';
+import { createPki, kubeconfigYaml, type ClusterPki } from './pki.ts';
+
+export const SERVICE_CIDR = '10.96.0.0/16';
+export const POD_CIDR = '10.244.0.0/16';
+
+// Controllers whose behaviour our objects depend on: ownerReference GC, namespace
+// deletion, EndpointSlice mirroring (so `skip-mirror` is really tested), the
+// EndpointSlice controller, service accounts and their tokens.
+const CONTROLLERS = [
+  'garbage-collector-controller',
+  'namespace-controller',
+  'endpointslice-controller',
+  'endpointslice-mirroring-controller',
+  'serviceaccount-controller',
+  'serviceaccount-token-controller',
+  'root-ca-certificate-publisher-controller',
+  'clusterrole-aggregation-controller',
+  'service-cidr-controller',
+];
+
+export interface LocalClusterOptions {
+  /** Extra IPs or names the API server certificate must cover (e.g. a veth address). */
+  extraSANs?: string[];
+  /** Where process logs and state go; a fresh temp dir by default (removed on stop). */
+  workDir?: string;
+}
+
+export interface LocalCluster {
+  kubeconfig: string;
+  kubeconfigYaml: string;
+  server: string;
+  apiserverPort: number;
+  version: string;
+  build: ControlPlaneBuild;
+  workDir: string;
+  pki: ClusterPki;
+  stop(): Promise<void>;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Non-loopback addresses of this host, for certificate SANs and the advertise address. */
+function hostAddresses(): string[] {
+  return Object.values(os.networkInterfaces())
+    .flat()
+    .filter((a): a is os.NetworkInterfaceInfo => !!a && !a.internal && !a.address.startsWith('fe80'))
+    .map((a) => a.address);
+}
+
+class ProcessGroup {
+  private readonly procs: { name: string; child: ChildProcess }[] = [];
+  private readonly log = logger('local-cluster');
+  private readonly logDir: string;
+  constructor(logDir: string) {
+    this.logDir = logDir;
+  }
+
+  start(name: string, binary: string, args: string[]): ChildProcess {
+    const out = createWriteStream(path.join(this.logDir, `${name}.log`));
+    // setpriv --pdeathsig: the child dies with us even when we are SIGKILLed, so a
+    // crashed test run never leaves an API server behind.
+    const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', binary, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.pipe(out);
+    child.stderr.pipe(out);
+    child.on('exit', (code, signal) => this.log.debug('process exited', { name, code, signal }));
+    this.procs.push({ name, child });
+    return child;
+  }
+
+  async logTail(name: string, lines = 30): Promise<string> {
+    const text = await readFile(path.join(this.logDir, `${name}.log`), 'utf8').catch(() => '');
+    return text.split('\n').slice(-lines).join('\n');
+  }
+
+  /** Stops in reverse start order: SIGTERM, then SIGKILL after a grace period. */
+  async stopAll(graceMs = 10_000): Promise<void> {
+    for (const { child } of [...this.procs].reverse()) {
+      if (child.exitCode !== null || child.signalCode !== null) continue;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      await exited;
+      clearTimeout(timer);
+    }
+    this.procs.length = 0;
+  }
+}
+
+async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, failFast?: () => Promise<string | undefined>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const failure = await failFast?.();
+    if (failure) throw new Error(`${what}: ${failure}`);
+    if (await check().catch(() => false)) return;
+    await sleep(200);
+  }
+  throw new Error(`${what}: not ready after ${timeoutMs / 1000} s`);
+}
+
+function httpOk(url: string, options: https.RequestOptions = {}): Promise<boolean> {
+  const client = url.startsWith('https:') ? https : http;
+  return new Promise((resolve) => {
+    const req = client.get(url, { ...options, timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => req.destroy());
+  });
+}
+
+export async function startLocalCluster(options: LocalClusterOptions = {}): Promise<LocalCluster> {
+  const log = logger('local-cluster');
+  const build = await ensureControlPlane();
+  const workDir = options.workDir ?? (await mkdtemp(path.join(os.tmpdir(), 'extbackend-cluster-')));
+  const removeWorkDir = !options.workDir;
+  const dirs = { pki: path.join(workDir, 'pki'), etcd: path.join(workDir, 'etcd'), logs: path.join(workDir, 'logs') };
+  await Promise.all(Object.values(dirs).map((d) => mkdir(d, { recursive: true })));
+  const procs = new ProcessGroup(dirs.logs);
+  const bin = (b: ControlPlaneBinary): string => build.bin(b);
+  const exitedEarly = (name: string, child: ChildProcess) => async (): Promise<string | undefined> =>
+    child.exitCode !== null || child.signalCode !== null ? `${name} exited (${child.exitCode ?? child.signalCode}):\n${await procs.logTail(name)}` : undefined;
+
+  const stop = async (): Promise<void> => {
+    await procs.stopAll();
+    if (removeWorkDir) await rm(workDir, { recursive: true, force: true });
+  };
+
+  try {
+    const started = Date.now();
+    const [etcdClient, etcdPeer, apiPort] = [await freePort(), await freePort(), await freePort()];
+    const hostIPs = hostAddresses();
+    const pki = await createPki(dirs.pki, ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc', '127.0.0.1', '10.96.0.1', ...hostIPs, ...(options.extraSANs ?? [])]);
+
+    const etcdUrl = `http://127.0.0.1:${etcdClient}`;
+    const etcd = procs.start('etcd', bin('etcd'), [
+      '--name=local',
+      `--data-dir=${dirs.etcd}`,
+      `--listen-client-urls=${etcdUrl}`,
+      `--advertise-client-urls=${etcdUrl}`,
+      `--listen-peer-urls=http://127.0.0.1:${etcdPeer}`,
+      `--initial-advertise-peer-urls=http://127.0.0.1:${etcdPeer}`,
+      `--initial-cluster=local=http://127.0.0.1:${etcdPeer}`,
+      // A throwaway store: durability is not worth the fsync latency here.
+      '--unsafe-no-fsync',
+      '--log-level=warn',
+    ]);
+    await waitFor('etcd', () => httpOk(`${etcdUrl}/health`), 30_000, exitedEarly('etcd', etcd));
+
+    const advertise = hostIPs.find((a) => net.isIPv4(a));
+    const apiserver = procs.start('kube-apiserver', bin('kube-apiserver'), [
+      `--etcd-servers=${etcdUrl}`,
+      // All host addresses: node agents in network namespaces reach it over a veth.
+      '--bind-address=0.0.0.0',
+      `--secure-port=${apiPort}`,
+      ...(advertise ? [`--advertise-address=${advertise}`] : []),
+      `--tls-cert-file=${pki.servingCert}`,
+      `--tls-private-key-file=${pki.servingKey}`,
+      `--client-ca-file=${pki.caCert}`,
+      // Front-proxy settings that controllers' delegated authentication expects to find.
+      `--requestheader-client-ca-file=${pki.caCert}`,
+      '--requestheader-allowed-names=front-proxy-client',
+      '--requestheader-username-headers=X-Remote-User',
+      '--requestheader-group-headers=X-Remote-Group',
+      '--requestheader-extra-headers-prefix=X-Remote-Extra-',
+      `--service-account-issuer=https://kubernetes.default.svc`,
+      `--service-account-key-file=${pki.serviceAccountPub}`,
+      `--service-account-signing-key-file=${pki.serviceAccountKey}`,
+      `--service-cluster-ip-range=${SERVICE_CIDR}`,
+      '--authorization-mode=Node,RBAC',
+      '--allow-privileged=true',
+      '--endpoint-reconciler-type=lease',
+      '--v=1',
+    ]);
+    const server = `https://127.0.0.1:${apiPort}`;
+    const tls = { ca: pki.caPem, cert: pki.admin.cert, key: pki.admin.key };
+    await waitFor('kube-apiserver', () => httpOk(`${server}/readyz`, tls), 90_000, exitedEarly('kube-apiserver', apiserver));
+
+    const kubeconfig = path.join(workDir, 'kubeconfig');
+    const adminYaml = kubeconfigYaml(server, pki.caPem, 'extbackend-admin', pki.admin);
+    await writeFile(kubeconfig, adminYaml, { mode: 0o600 });
+    const kcmKubeconfig = path.join(dirs.pki, 'controller-manager.kubeconfig');
+    await writeFile(kcmKubeconfig, kubeconfigYaml(server, pki.caPem, 'system:kube-controller-manager', pki.controllerManager), { mode: 0o600 });
+
+    const kcmPort = await freePort();
+    const kcm = procs.start('kube-controller-manager', bin('kube-controller-manager'), [
+      `--kubeconfig=${kcmKubeconfig}`,
+      `--authentication-kubeconfig=${kcmKubeconfig}`,
+      `--authorization-kubeconfig=${kcmKubeconfig}`,
+      '--bind-address=127.0.0.1',
+      `--secure-port=${kcmPort}`,
+      `--controllers=${CONTROLLERS.join(',')}`,
+      `--service-account-private-key-file=${pki.serviceAccountKey}`,
+      `--root-ca-file=${pki.caCert}`,
+      '--use-service-account-credentials=true',
+      `--service-cluster-ip-range=${SERVICE_CIDR}`,
+      `--cluster-cidr=${POD_CIDR}`,
+      '--leader-elect=false',
+      // Fast garbage collection and namespace deletion keep the tests quick.
+      '--concurrent-gc-syncs=20',
+      '--concurrent-namespace-syncs=10',
+      '--v=1',
+    ]);
+    await waitFor('kube-controller-manager', () => httpOk(`https://127.0.0.1:${kcmPort}/healthz`, { ca: pki.caPem, rejectUnauthorized: false }), 60_000, exitedEarly('kube-controller-manager', kcm));
+
+    log.info('local control plane ready', { server, version: build.kubernetesVersion, seconds: ((Date.now() - started) / 1000).toFixed(1) });
+    return { kubeconfig, kubeconfigYaml: adminYaml, server, apiserverPort: apiPort, version: build.kubernetesVersion, build, workDir, pki, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+/** True when the file exists and names an API server that answers /readyz. */
+export async function clusterAnswers(kubeconfigPath: string): Promise<boolean> {
+  if (!existsSync(kubeconfigPath)) return false;
+  const text = await readFile(kubeconfigPath, 'utf8');
+  const field = (k: string): string | undefined => new RegExp(`${k}: (\\S+)`).exec(text)?.[1];
+  const server = field('server');
+  const b64 = (k: string): string | undefined => {
+    const v = field(k);
+    return v ? Buffer.from(v, 'base64').toString() : undefined;
+  };
+  if (!server) return false;
+  return httpOk(`${server}/readyz`, { ca: b64('certificate-authority-data'), cert: b64('client-certificate-data'), key: b64('client-key-data') });
+}

@@ -1,0 +1,31 @@
+// `npm test` after lint and typecheck: one shared local control plane for the whole
+// run, then ava. The cluster is stopped however ava ends (failure, Ctrl-C, SIGTERM).
+import { spawn } from 'node:child_process';
+
+import path from 'node:path';
+import { REPO_ROOT } from '../src/devcluster/build.ts';
+import { startLocalCluster } from '../src/devcluster/cluster.ts';
+
+const avaCli = path.join(REPO_ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.js');
+
+const cluster = await startLocalCluster();
+let exitCode = 1;
+try {
+  const ava = spawn(process.execPath, [avaCli, ...process.argv.slice(2)], {
+    stdio: 'inherit',
+    env: {
+      ...process.env,
+      EXTBACKEND_TEST_KUBECONFIG: cluster.kubeconfig,
+      EXTBACKEND_TEST_KUBECTL: cluster.build.bin('kubectl'),
+      EXTBACKEND_CONTROLPLANE_BIN: cluster.build.binDir,
+    },
+  });
+  // Forward Ctrl-C/SIGTERM to ava and let it finish its teardown before we stop the cluster.
+  const forward = (sig: NodeJS.Signals): void => void ava.kill(sig);
+  process.on('SIGINT', forward);
+  process.on('SIGTERM', forward);
+  exitCode = await new Promise<number>((resolve) => ava.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+} finally {
+  await cluster.stop();
+}
+process.exit(exitCode);
