@@ -1,0 +1,312 @@
+// What the cluster should hold for one ExternalBackend, as a pure function of its spec,
+// the resolved addresses and their health: the Service, the EndpointSlices and the
+// optional v1 Endpoints. No I/O here; the reconciler compares and applies.
+import { createHash } from 'node:crypto';
+import { canonicalIP, parseIP } from '../net/ip.ts';
+import {
+  API_VERSION,
+  APPLIED_HASH_ANNOTATION,
+  APP_MANAGED_BY_LABEL,
+  BACKEND_LABEL,
+  ENDPOINT_TOPOLOGY_ANNOTATION,
+  FIELD_MANAGER,
+  KIND,
+  MANAGED_BY,
+  MANAGED_BY_LABEL,
+  PROXY_NAME,
+  PROXY_NAME_LABEL,
+  SERVICE_NAME_LABEL,
+  SKIP_MIRROR_LABEL,
+  TOPOLOGY_KEYS_ANNOTATION,
+  type BackendAddress,
+  type BackendPort,
+  type ExternalBackend,
+  type KubeObject,
+  type OwnerReference,
+} from './types.ts';
+
+export const DEFAULT_AFFINITY_TIMEOUT = 10800;
+export const DEFAULT_MAX_PER_SLICE = 100;
+/** v1 Endpoints holds at most this many addresses; more are truncated, as the API documents. */
+export const ENDPOINTS_CAPACITY = 1000;
+
+/** One spec address after DNS resolution and the address policy. */
+export interface ResolvedAddress {
+  spec: BackendAddress;
+  /** The spec's ip or hostname. */
+  key: string;
+  /** Canonical IPs that may be published. */
+  ips: string[];
+  /** Set when nothing of this address can be published (DNS failure, every IP refused). */
+  problem?: { reason: string; message: string };
+  /** IPs the policy refused, with why (a hostname may resolve to good and bad IPs). */
+  refused?: { ip: string; message: string }[];
+}
+
+/** Health of one IP on one port; every endpoint is healthy when no check is configured. */
+export type HealthLookup = (ip: string, port: BackendPort) => boolean;
+export const ALWAYS_HEALTHY: HealthLookup = () => true;
+
+export interface SlicePort {
+  name: string;
+  port: number;
+  protocol: string;
+  appProtocol?: string;
+}
+
+export interface DesiredEndpoint {
+  ip: string;
+  /** Healthy by probe. */
+  healthy: boolean;
+  /** Published as ready (healthy, or publishNotReadyAddresses). */
+  ready: boolean;
+  address: BackendAddress;
+}
+
+export interface DesiredState {
+  service: KubeObject;
+  slices: KubeObject[];
+  endpoints?: KubeObject;
+  /** Per spec port name: does any endpoint serve it ready? */
+  portsWithReadyEndpoints: Map<string, boolean>;
+  /** Semantic problems the schema cannot see; any makes Accepted False. */
+  problems: string[];
+}
+
+export function portName(p: BackendPort): string {
+  return p.name ?? '';
+}
+
+export function isHeadless(eb: ExternalBackend): boolean {
+  return eb.spec.service?.type === 'Headless';
+}
+
+export function ownerReference(eb: ExternalBackend): OwnerReference {
+  return { apiVersion: API_VERSION, kind: KIND, name: eb.metadata.name, uid: eb.metadata.uid!, controller: true, blockOwnerDeletion: true };
+}
+
+/** JSON with sorted keys: the same object always hashes the same. */
+export function stableJson(value: unknown): string {
+  return JSON.stringify(value, (_k, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v,
+  );
+}
+
+export function shortHash(value: unknown, length = 10): string {
+  return createHash('sha256').update(stableJson(value)).digest('hex').slice(0, length);
+}
+
+/** Stamps an object with the hash of what we apply, so a later removal of a field is seen as a change. */
+function withAppliedHash(obj: KubeObject): KubeObject {
+  const hash = shortHash(obj, 16);
+  obj.metadata.annotations = { ...obj.metadata.annotations, [APPLIED_HASH_ANNOTATION]: hash };
+  return obj;
+}
+
+function baseLabels(eb: ExternalBackend): Record<string, string> {
+  return { [APP_MANAGED_BY_LABEL]: FIELD_MANAGER, [BACKEND_LABEL]: eb.metadata.name };
+}
+
+export function desiredService(eb: ExternalBackend): KubeObject {
+  const svc = eb.spec.service ?? {};
+  const type = svc.type ?? 'ClusterIP';
+  const labels = baseLabels(eb);
+  if ((svc.proxy ?? 'agent') === 'agent' && type !== 'Headless') labels[PROXY_NAME_LABEL] = PROXY_NAME;
+  const annotations: Record<string, string> = {};
+  if (svc.topologyKeys?.length) annotations[TOPOLOGY_KEYS_ANNOTATION] = svc.topologyKeys.join(',');
+  const external = type === 'NodePort' || type === 'LoadBalancer';
+  const spec: Record<string, unknown> = {
+    type: type === 'Headless' ? 'ClusterIP' : type,
+    ports: eb.spec.ports.map((p) => ({
+      ...(p.name ? { name: p.name } : {}),
+      port: p.port,
+      targetPort: p.targetPort ?? p.port,
+      protocol: p.protocol ?? 'TCP',
+      ...(p.appProtocol ? { appProtocol: p.appProtocol } : {}),
+      ...(external && p.nodePort ? { nodePort: p.nodePort } : {}),
+    })),
+  };
+  if (type === 'Headless') spec.clusterIP = 'None';
+  else if (svc.clusterIP) spec.clusterIP = svc.clusterIP;
+  if (external && svc.externalTrafficPolicy) spec.externalTrafficPolicy = svc.externalTrafficPolicy;
+  if (type !== 'Headless' && svc.internalTrafficPolicy) spec.internalTrafficPolicy = svc.internalTrafficPolicy;
+  if (type === 'LoadBalancer' && svc.healthCheckNodePort) spec.healthCheckNodePort = svc.healthCheckNodePort;
+  if (svc.publishNotReadyAddresses) spec.publishNotReadyAddresses = true;
+  spec.sessionAffinity = svc.sessionAffinity ?? 'None';
+  if (svc.sessionAffinity === 'ClientIP') {
+    spec.sessionAffinityConfig = { clientIP: { timeoutSeconds: svc.sessionAffinityTimeoutSeconds ?? DEFAULT_AFFINITY_TIMEOUT } };
+  }
+  return withAppliedHash({
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name: eb.metadata.name, namespace: eb.metadata.namespace, labels, annotations, ownerReferences: [ownerReference(eb)] },
+    spec,
+  });
+}
+
+/** The target port one address serves a spec port on. */
+export function targetPortFor(address: BackendAddress, port: BackendPort): number {
+  return (port.name ? address.targetPorts?.[port.name] : undefined) ?? port.targetPort ?? port.port;
+}
+
+/**
+ * Endpoints grouped by the exact port list they serve: an EndpointSlice (and a v1
+ * Endpoints subset) has one port list, so hosts with other target ports, and a host
+ * whose ports differ in health, land in different groups.
+ */
+interface EndpointGroup {
+  family: 4 | 6;
+  ports: SlicePort[];
+  endpoints: DesiredEndpoint[];
+}
+
+function groupEndpoints(eb: ExternalBackend, resolved: ResolvedAddress[], health: HealthLookup): EndpointGroup[] {
+  const publishNotReady = eb.spec.service?.publishNotReadyAddresses === true;
+  const groups = new Map<string, EndpointGroup>();
+  const seen = new Set<string>();
+  for (const addr of resolved) {
+    for (const ip of addr.ips) {
+      if (seen.has(ip)) continue; // the same IP listed twice (or resolved twice) is one endpoint
+      seen.add(ip);
+      const family = parseIP(ip)!.family;
+      const byHealth = new Map<boolean, SlicePort[]>();
+      for (const p of eb.spec.ports) {
+        const healthy = health(ip, p);
+        const list = byHealth.get(healthy) ?? [];
+        list.push({ name: portName(p), port: targetPortFor(addr.spec, p), protocol: p.protocol ?? 'TCP', ...(p.appProtocol ? { appProtocol: p.appProtocol } : {}) });
+        byHealth.set(healthy, list);
+      }
+      for (const [healthy, ports] of byHealth) {
+        const key = `${family}|${stableJson(ports)}`;
+        const group = groups.get(key) ?? { family, ports, endpoints: [] };
+        group.endpoints.push({ ip, healthy, ready: healthy || publishNotReady, address: addr.spec });
+        groups.set(key, group);
+      }
+    }
+  }
+  const sorted = [...groups.values()].sort((a, b) => a.family - b.family || stableJson(a.ports).localeCompare(stableJson(b.ports)));
+  for (const g of sorted) g.endpoints.sort((a, b) => compareIPs(a.ip, b.ip));
+  return sorted;
+}
+
+function compareIPs(a: string, b: string): number {
+  const x = parseIP(a)!.value;
+  const y = parseIP(b)!.value;
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/** Region, free-form topology and weight: what the EndpointSlice API cannot carry. */
+function endpointTopology(endpoints: DesiredEndpoint[]): Record<string, unknown> | undefined {
+  const out: Record<string, unknown> = {};
+  for (const e of endpoints) {
+    const { region, topology, weight } = e.address;
+    const entry: Record<string, unknown> = {};
+    if (region) entry.region = region;
+    if (topology && Object.keys(topology).length) entry.topology = topology;
+    if (weight !== undefined && weight !== 1) entry.weight = weight;
+    if (Object.keys(entry).length) out[e.ip] = entry;
+  }
+  return Object.keys(out).length ? out : undefined;
+}
+
+function desiredSlices(eb: ExternalBackend, groups: EndpointGroup[]): KubeObject[] {
+  const max = eb.spec.endpoints?.maxEndpointsPerSlice ?? DEFAULT_MAX_PER_SLICE;
+  const slices: KubeObject[] = [];
+  for (const g of groups) {
+    const portsHash = shortHash(g.ports, 8);
+    for (let i = 0; i * max < g.endpoints.length; i++) {
+      const chunk = g.endpoints.slice(i * max, (i + 1) * max);
+      const topology = endpointTopology(chunk);
+      slices.push(
+        withAppliedHash({
+          apiVersion: 'discovery.k8s.io/v1',
+          kind: 'EndpointSlice',
+          metadata: {
+            name: `${eb.metadata.name}-ipv${g.family}-${portsHash}-${i}`,
+            namespace: eb.metadata.namespace,
+            labels: { ...baseLabels(eb), [SERVICE_NAME_LABEL]: eb.metadata.name, [MANAGED_BY_LABEL]: MANAGED_BY },
+            annotations: topology ? { [ENDPOINT_TOPOLOGY_ANNOTATION]: stableJson(topology) } : {},
+            ownerReferences: [ownerReference(eb)],
+          },
+          addressType: g.family === 4 ? 'IPv4' : 'IPv6',
+          ports: g.ports,
+          endpoints: chunk.map((e) => ({
+            addresses: [e.ip],
+            conditions: { ready: e.ready, serving: e.healthy, terminating: false },
+            ...(e.address.nodeName ? { nodeName: e.address.nodeName } : {}),
+            ...(e.address.zone ? { zone: e.address.zone } : {}),
+          })),
+        }),
+      );
+    }
+  }
+  return slices;
+}
+
+function desiredEndpoints(eb: ExternalBackend, groups: EndpointGroup[]): KubeObject {
+  let room = ENDPOINTS_CAPACITY;
+  const subsets = new Map<string, { addresses: object[]; notReadyAddresses: object[]; ports: SlicePort[] }>();
+  for (const g of groups) {
+    const key = stableJson(g.ports);
+    const subset = subsets.get(key) ?? { addresses: [], notReadyAddresses: [], ports: g.ports };
+    for (const e of g.endpoints) {
+      if (room === 0) break;
+      room--;
+      const address = { ip: e.ip, ...(e.address.nodeName ? { nodeName: e.address.nodeName } : {}) };
+      (e.ready ? subset.addresses : subset.notReadyAddresses).push(address);
+    }
+    subsets.set(key, subset);
+  }
+  const labels: Record<string, string> = { ...baseLabels(eb), [SKIP_MIRROR_LABEL]: 'true' };
+  const annotations: Record<string, string> = {};
+  if (room === 0 && groups.reduce((n, g) => n + g.endpoints.length, 0) > ENDPOINTS_CAPACITY) {
+    annotations['endpoints.kubernetes.io/over-capacity'] = 'truncated';
+  }
+  return withAppliedHash({
+    apiVersion: 'v1',
+    kind: 'Endpoints',
+    metadata: { name: eb.metadata.name, namespace: eb.metadata.namespace, labels, annotations, ownerReferences: [ownerReference(eb)] },
+    subsets: [...subsets.values()]
+      .filter((s) => s.addresses.length || s.notReadyAddresses.length)
+      .map((s) => ({
+        ...(s.addresses.length ? { addresses: s.addresses } : {}),
+        ...(s.notReadyAddresses.length ? { notReadyAddresses: s.notReadyAddresses } : {}),
+        ports: s.ports.map((p) => ({ ...(p.name ? { name: p.name } : {}), port: p.port, protocol: p.protocol, ...(p.appProtocol ? { appProtocol: p.appProtocol } : {}) })),
+      })),
+  });
+}
+
+/** Problems with the spec that the CRD schema cannot express. */
+export function semanticProblems(eb: ExternalBackend): string[] {
+  const problems: string[] = [];
+  const names = new Set(eb.spec.ports.map(portName).filter(Boolean));
+  eb.spec.addresses.forEach((a, i) => {
+    for (const name of Object.keys(a.targetPorts ?? {})) {
+      if (!names.has(name)) problems.push(`addresses[${i}].targetPorts names port "${name}", which is not in spec.ports`);
+    }
+  });
+  const seen = new Map<string, number>();
+  eb.spec.addresses.forEach((a, i) => {
+    const key = a.ip ? (canonicalIP(a.ip) ?? a.ip) : (a.hostname ?? '').replace(/\.$/, '');
+    const first = seen.get(key);
+    if (first !== undefined) problems.push(`addresses[${i}] repeats addresses[${first}] (${key})`);
+    else seen.set(key, i);
+  });
+  return problems;
+}
+
+export function desiredState(eb: ExternalBackend, resolved: ResolvedAddress[], health: HealthLookup = ALWAYS_HEALTHY): DesiredState {
+  const groups = groupEndpoints(eb, resolved, health);
+  const portsWithReadyEndpoints = new Map<string, boolean>(eb.spec.ports.map((p) => [portName(p), false]));
+  for (const g of groups) {
+    if (g.endpoints.some((e) => e.healthy)) for (const p of g.ports) portsWithReadyEndpoints.set(p.name, true);
+  }
+  const legacy = eb.spec.endpoints?.legacyEndpoints ?? true;
+  return {
+    service: desiredService(eb),
+    slices: desiredSlices(eb, groups),
+    ...(legacy ? { endpoints: desiredEndpoints(eb, groups) } : {}),
+    portsWithReadyEndpoints,
+    problems: semanticProblems(eb),
+  };
+}

@@ -1,0 +1,199 @@
+// Reconcile one ExternalBackend: compute what should exist (desired.ts), compare with
+// the informer caches, and write only what differs. Level-triggered: the same call
+// handles creation, edits, repairs of hand-edited or deleted objects, and resyncs.
+import type { Logger } from '../log.ts';
+import type { ReconcileResult } from '../runtime/controller.ts';
+import type { EventRecorder } from '../runtime/events.ts';
+import type { Informer } from '../runtime/informer.ts';
+import { ApiError, isNotFound, resourcePath, type KubeClient } from '../runtime/kube-client.ts';
+import type { AddressPolicy } from './address-policy.ts';
+import type { AddressResolver } from './address-resolver.ts';
+import { ALWAYS_HEALTHY, desiredState, isHeadless, stableJson, type HealthLookup } from './desired.ts';
+import { computeStatus } from './status.ts';
+import {
+  API_VERSION,
+  BACKEND_LABEL,
+  FIELD_MANAGER,
+  GROUP,
+  KIND,
+  LAST_CHANGE_TRIGGER_TIME,
+  PLURAL,
+  VERSION,
+  type ExternalBackend,
+  type ExternalBackendStatus,
+  type KubeObject,
+} from './types.ts';
+
+export interface ReconcilerDeps {
+  client: KubeClient;
+  backends: Informer<ExternalBackend>;
+  services: Informer<KubeObject>;
+  slices: Informer<KubeObject>;
+  endpoints: Informer<KubeObject>;
+  resolver: AddressResolver;
+  policy: () => AddressPolicy;
+  health?: (eb: ExternalBackend) => HealthLookup;
+  events: EventRecorder;
+  log: Logger;
+}
+
+const CONFLICT_RECHECK_MS = 30_000;
+
+const paths = {
+  service: (ns: string, name?: string) => resourcePath({ group: '', version: 'v1', plural: 'services', namespace: ns, name }),
+  endpoints: (ns: string, name?: string) => resourcePath({ group: '', version: 'v1', plural: 'endpoints', namespace: ns, name }),
+  slice: (ns: string, name?: string) => resourcePath({ group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices', namespace: ns, name }),
+  status: (ns: string, name: string) => resourcePath({ group: GROUP, version: VERSION, plural: PLURAL, namespace: ns, name, subresource: 'status' }),
+};
+
+/**
+ * True when every field we set in `desired` has the same value in `observed`. Extra
+ * fields in `observed` (server defaults, other managers' labels) do not count; lists
+ * must match in length, because we own them whole.
+ */
+export function containsDesired(observed: unknown, desired: unknown): boolean {
+  if (desired === null || typeof desired !== 'object') return observed === desired;
+  if (Array.isArray(desired)) {
+    return Array.isArray(observed) && observed.length === desired.length && desired.every((d, i) => containsDesired(observed[i], d));
+  }
+  if (observed === null || typeof observed !== 'object' || Array.isArray(observed)) return false;
+  const o = observed as Record<string, unknown>;
+  return Object.entries(desired).every(([k, v]) => containsDesired(o[k], v));
+}
+
+function ownedBy(obj: KubeObject, eb: ExternalBackend): boolean {
+  return !!obj.metadata.ownerReferences?.some((r) => r.controller && r.uid === eb.metadata.uid);
+}
+
+function statusEqual(a: ExternalBackendStatus | undefined, b: ExternalBackendStatus): boolean {
+  return stableJson(a ?? {}) === stableJson(b);
+}
+
+/** Reads from the cache, falling back to a GET for objects our label selector cannot see (someone else's). */
+async function observe(client: KubeClient, cache: Informer<KubeObject>, key: string, path: string): Promise<KubeObject | undefined> {
+  const cached = cache.get(key);
+  if (cached) return cached;
+  try {
+    return await client.get<KubeObject>(path);
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
+export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string): Promise<ReconcileResult> {
+  const { client, events, log } = deps;
+  const eb = deps.backends.get(key);
+  // Gone or going: the garbage collector removes what we own through ownerReferences.
+  if (!eb || eb.metadata.deletionTimestamp) return {};
+  const ns = eb.metadata.namespace!;
+  const name = eb.metadata.name;
+
+  const { resolved, refreshAfterMs } = await deps.resolver.resolve(eb.spec.addresses, deps.policy());
+  const health = deps.health?.(eb) ?? ALWAYS_HEALTHY;
+  const desired = desiredState(eb, resolved, health);
+  const now = new Date().toISOString();
+
+  // The Service: ours, or someone else's we must not touch.
+  let service = await observe(client, deps.services, key, paths.service(ns, name));
+  let conflict: { reason: string; message: string } | undefined;
+  if (service && !ownedBy(service, eb)) {
+    conflict = { reason: 'ServiceConflict', message: `Service ${ns}/${name} exists and is not owned by this ExternalBackend; it is left untouched` };
+  } else {
+    if (service && needsRecreate(service, eb)) {
+      events.event(eb as unknown as KubeObject, 'Normal', 'RecreatingService', `Service ${name} is recreated: its cluster IP cannot change in place (${String((service.spec as { clusterIP?: string }).clusterIP)} -> ${isHeadless(eb) ? 'None' : (eb.spec.service?.clusterIP ?? 'allocated')})`);
+      await client.delete(paths.service(ns, name), {}, { preconditions: { uid: service.metadata.uid } }).catch((err: unknown) => {
+        if (!isNotFound(err)) throw err;
+      });
+      service = undefined;
+    }
+    if (!service || !containsDesired(service, desired.service)) {
+      try {
+        service = await client.apply<KubeObject>(paths.service(ns, name), desired.service, FIELD_MANAGER);
+      } catch (err) {
+        if (err instanceof ApiError && (err.code === 422 || err.code === 400)) {
+          // Semantic rejection by the API server (e.g. a nodePort out of range): tell the user.
+          conflict = { reason: 'ServiceRejected', message: `the API server rejected the Service: ${err.status.message ?? err.message}` };
+        } else throw err;
+      }
+    }
+  }
+
+  if (!conflict) {
+    await reconcileSlices(deps, eb, desired.slices, now);
+    conflict = await reconcileEndpoints(deps, eb, desired.endpoints);
+  }
+
+  const clusterIP = (service?.spec as { clusterIP?: string } | undefined)?.clusterIP;
+  const status = computeStatus({ eb, resolved, health, desired, conflict, clusterIP, now });
+  if (!statusEqual(eb.status, status)) {
+    await client.apply(paths.status(ns, name), { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: ns }, status }, FIELD_MANAGER);
+    emitTransitionEvents(events, eb, eb.status, status);
+  }
+  if (conflict) log.debug('not writing owned objects', { key, reason: conflict.reason });
+
+  const requeue = [refreshAfterMs, conflict ? CONFLICT_RECHECK_MS : undefined].filter((v): v is number => v !== undefined);
+  return requeue.length ? { requeueAfterMs: Math.min(...requeue) } : {};
+}
+
+/** clusterIP is immutable: switching to or from Headless, or asking for another IP, needs a new Service. */
+function needsRecreate(service: KubeObject, eb: ExternalBackend): boolean {
+  const observed = (service.spec as { clusterIP?: string }).clusterIP;
+  if (observed === undefined) return false;
+  if ((observed === 'None') !== isHeadless(eb)) return true;
+  const wanted = eb.spec.service?.clusterIP;
+  return !!wanted && !isHeadless(eb) && observed !== wanted;
+}
+
+async function reconcileSlices(deps: ReconcilerDeps, eb: ExternalBackend, desired: KubeObject[], now: string): Promise<void> {
+  const ns = eb.metadata.namespace!;
+  const observed = new Map(
+    deps.slices
+      .list()
+      .filter((s) => s.metadata.namespace === ns && s.metadata.labels?.[BACKEND_LABEL] === eb.metadata.name && ownedBy(s, eb))
+      .map((s) => [s.metadata.name, s]),
+  );
+  for (const slice of desired) {
+    const current = observed.get(slice.metadata.name);
+    observed.delete(slice.metadata.name);
+    if (current && containsDesired(current, slice)) continue;
+    // The agent measures network-programming latency from this annotation.
+    const body = { ...slice, metadata: { ...slice.metadata, annotations: { ...slice.metadata.annotations, [LAST_CHANGE_TRIGGER_TIME]: now } } };
+    await deps.client.apply(paths.slice(ns, slice.metadata.name), body, FIELD_MANAGER);
+  }
+  for (const stale of observed.values()) {
+    await deps.client.delete(paths.slice(ns, stale.metadata.name), {}, { preconditions: { uid: stale.metadata.uid } }).catch((err: unknown) => {
+      if (!isNotFound(err)) throw err;
+    });
+  }
+}
+
+async function reconcileEndpoints(deps: ReconcilerDeps, eb: ExternalBackend, desired: KubeObject | undefined): Promise<{ reason: string; message: string } | undefined> {
+  const ns = eb.metadata.namespace!;
+  const name = eb.metadata.name;
+  const key = `${ns}/${name}`;
+  const current = desired ? await observe(deps.client, deps.endpoints, key, paths.endpoints(ns, name)) : deps.endpoints.get(key);
+  if (current && !ownedBy(current, eb)) {
+    return desired ? { reason: 'EndpointsConflict', message: `Endpoints ${ns}/${name} exists and is not owned by this ExternalBackend; it is left untouched` } : undefined;
+  }
+  if (!desired) {
+    if (current) await deps.client.delete(paths.endpoints(ns, name), {}, { preconditions: { uid: current.metadata.uid } }).catch(() => undefined);
+    return undefined;
+  }
+  if (!current || !containsDesired(current, desired)) await deps.client.apply(paths.endpoints(ns, name), desired, FIELD_MANAGER);
+  return undefined;
+}
+
+function emitTransitionEvents(events: EventRecorder, eb: ExternalBackend, before: ExternalBackendStatus | undefined, after: ExternalBackendStatus): void {
+  const obj = eb as unknown as KubeObject;
+  const get = (s: ExternalBackendStatus | undefined, type: string) => s?.conditions?.find((c) => c.type === type);
+  for (const type of ['Accepted', 'Ready', 'Degraded']) {
+    const was = get(before, type);
+    const now = get(after, type);
+    if (!now || (was && was.status === now.status && was.reason === now.reason)) continue;
+    if (!was && now.status === 'True' && type !== 'Degraded') continue; // the normal first state is not news
+    if (!was && type === 'Degraded' && now.status === 'False') continue;
+    const warn = (type === 'Degraded' && now.status === 'True') || (type !== 'Degraded' && now.status === 'False');
+    events.event(obj, warn ? 'Warning' : 'Normal', now.reason, now.message);
+  }
+}

@@ -1,0 +1,86 @@
+// The ExternalBackend status as a pure function of what the reconcile saw and did.
+import { type DesiredState, type HealthLookup, type ResolvedAddress } from './desired.ts';
+import type { AddressStatus, Condition, ExternalBackend, ExternalBackendStatus } from './types.ts';
+
+export interface StatusInput {
+  eb: ExternalBackend;
+  resolved: ResolvedAddress[];
+  health: HealthLookup;
+  desired: DesiredState;
+  /** Why the operator will not write the Service or Endpoints (owned by someone else). */
+  conflict?: { reason: string; message: string };
+  clusterIP?: string;
+  now: string;
+}
+
+const LIST_LIMIT = 5;
+
+function listSome(items: string[]): string {
+  return items.length <= LIST_LIMIT ? items.join(', ') : `${items.slice(0, LIST_LIMIT).join(', ')} and ${items.length - LIST_LIMIT} more`;
+}
+
+export function addressStatuses(eb: ExternalBackend, resolved: ResolvedAddress[], health: HealthLookup): AddressStatus[] {
+  return resolved.map((r) => {
+    const base = { address: r.key, ...(r.ips.length ? { ips: r.ips } : {}) };
+    if (r.problem) return { ...base, ready: false, reason: r.problem.reason, message: r.problem.message };
+    const failing = r.ips.flatMap((ip) => eb.spec.ports.filter((p) => !health(ip, p)).map((p) => `${ip}:${p.name ?? p.port}`));
+    if (failing.length) return { ...base, ready: false, reason: 'ProbeFailed', message: `failing health checks: ${listSome(failing)}` };
+    const refused = r.refused?.length ? { message: `refused: ${r.refused.map((x) => x.message).join('; ')}` } : {};
+    return { ...base, ready: true, ...refused };
+  });
+}
+
+function condition(type: string, status: boolean, reason: string, message: string, generation: number | undefined, now: string, previous?: Condition[]): Condition {
+  const s = status ? 'True' : 'False';
+  const old = previous?.find((c) => c.type === type);
+  return {
+    type,
+    status: s,
+    ...(generation !== undefined ? { observedGeneration: generation } : {}),
+    lastTransitionTime: old && old.status === s ? old.lastTransitionTime : now,
+    reason,
+    message,
+  };
+}
+
+export function computeStatus(input: StatusInput): ExternalBackendStatus {
+  const { eb, resolved, health, desired, conflict, now } = input;
+  const generation = eb.metadata.generation;
+  const previous = eb.status?.conditions;
+  const addresses = addressStatuses(eb, resolved, health);
+  const readyCount = addresses.filter((a) => a.ready).length;
+  const notReady = addresses.filter((a) => !a.ready);
+
+  const accepted = conflict
+    ? condition('Accepted', false, conflict.reason, conflict.message, generation, now, previous)
+    : desired.problems.length
+      ? condition('Accepted', false, 'InvalidSpec', `ignored: ${desired.problems.join('; ')}`, generation, now, previous)
+      : condition('Accepted', true, 'Accepted', 'the spec is valid and the operator owns the Service', generation, now, previous);
+
+  const portsDown = [...desired.portsWithReadyEndpoints].filter(([, up]) => !up).map(([name]) => name || 'the port');
+  const allPortsUp = !conflict && portsDown.length === 0;
+  const ready = conflict
+    ? condition('Ready', false, 'NotOwned', conflict.message, generation, now, previous)
+    : allPortsUp
+      ? condition('Ready', true, 'AllPortsReady', 'every port has at least one ready address', generation, now, previous)
+      : readyCount === 0
+        ? condition('Ready', false, 'NoReadyAddresses', 'no address is ready; connections to the Service are refused', generation, now, previous)
+        : condition('Ready', false, 'PortsWithoutReadyAddresses', `no ready address for port ${listSome(portsDown)}`, generation, now, previous);
+
+  const degraded = notReady.length
+    ? condition('Degraded', true, 'AddressesNotReady', `not ready: ${listSome(notReady.map((a) => `${a.address} (${a.message ?? a.reason})`))}`, generation, now, previous)
+    : condition('Degraded', false, 'AllAddressesReady', 'every address is ready', generation, now, previous);
+
+  const state = accepted.status === 'False' && conflict ? 'Rejected' : ready.status === 'False' ? 'NotReady' : degraded.status === 'True' ? 'Degraded' : 'Ready';
+  return {
+    observedGeneration: generation,
+    state,
+    ready: `${readyCount}/${addresses.length}`,
+    readyAddresses: readyCount,
+    totalAddresses: addresses.length,
+    ...(input.clusterIP ? { clusterIP: input.clusterIP } : {}),
+    endpointSlices: conflict ? 0 : desired.slices.length,
+    addresses,
+    conditions: [accepted, ready, degraded],
+  };
+}

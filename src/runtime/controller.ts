@@ -1,0 +1,87 @@
+// The controller loop: informers only enqueue keys; N workers take keys from the queue
+// and call a level-triggered reconcile that reads from the caches. A thrown error
+// means "retry with backoff"; a requeueAfter means "look again later".
+import type { Logger } from '../log.ts';
+import type { HasMetadata, Informer } from './informer.ts';
+import type { Registry } from './metrics.ts';
+import { WorkQueue } from './workqueue.ts';
+
+export interface ReconcileResult {
+  requeueAfterMs?: number;
+}
+
+export type Reconciler = (key: string) => Promise<ReconcileResult | void>;
+
+export interface ControllerOptions {
+  name: string;
+  reconcile: Reconciler;
+  workers: number;
+  log: Logger;
+  metrics: Registry;
+}
+
+export class Controller {
+  readonly queue = new WorkQueue();
+  private readonly options: ControllerOptions;
+  private readonly informers: Informer<HasMetadata>[] = [];
+  private workers: Promise<void>[] = [];
+  private readonly reconciles;
+  private readonly errors;
+  private readonly duration;
+
+  constructor(options: ControllerOptions) {
+    this.options = options;
+    const m = options.metrics;
+    this.reconciles = m.counter('extbackend_reconcile_total', 'Reconciles by controller and result.');
+    this.errors = m.counter('extbackend_reconcile_errors_total', 'Reconciles that failed and were retried with backoff.');
+    this.duration = m.histogram('extbackend_reconcile_duration_seconds', 'Time spent in one reconcile.');
+    m.gauge('extbackend_workqueue_depth', 'Keys waiting in the work queue.').set(() => this.queue.length, { controller: options.name });
+    m.gauge('extbackend_workqueue_active', 'Keys being reconciled now.').set(() => this.queue.active, { controller: options.name });
+  }
+
+  /** Enqueues the keys `toKeys` maps each changed object to. */
+  watch<T extends HasMetadata>(informer: Informer<T>, toKeys: (obj: T) => string[]): void {
+    this.informers.push(informer as unknown as Informer<HasMetadata>);
+    informer.on((_event, obj, old) => {
+      for (const key of toKeys(obj)) this.queue.add(key);
+      if (old) for (const key of toKeys(old)) this.queue.add(key);
+    });
+  }
+
+  /** Starts informers, waits for their caches, then starts the workers. */
+  async start(): Promise<void> {
+    for (const i of this.informers) i.start();
+    await Promise.all(this.informers.map((i) => i.synced));
+    this.options.log.info('caches synced; starting workers', { controller: this.options.name, workers: this.options.workers });
+    this.workers = Array.from({ length: this.options.workers }, () => this.work());
+  }
+
+  async stop(): Promise<void> {
+    this.queue.shutdown();
+    await Promise.all(this.workers);
+    await Promise.all(this.informers.map((i) => i.stop()));
+  }
+
+  private async work(): Promise<void> {
+    const { name, log, reconcile } = this.options;
+    for (;;) {
+      const key = await this.queue.get();
+      if (key === undefined) return;
+      const started = performance.now();
+      try {
+        const result = await reconcile(key);
+        this.queue.forget(key);
+        this.reconciles.inc({ controller: name, result: 'success' });
+        if (result?.requeueAfterMs) this.queue.addAfter(key, result.requeueAfterMs);
+      } catch (err) {
+        const delay = this.queue.addRateLimited(key);
+        this.reconciles.inc({ controller: name, result: 'error' });
+        this.errors.inc({ controller: name });
+        log.warn('reconcile failed; will retry', { key, error: (err as Error).message, retryInMs: delay });
+      } finally {
+        this.duration.observe((performance.now() - started) / 1000, { controller: name });
+        this.queue.done(key);
+      }
+    }
+  }
+}

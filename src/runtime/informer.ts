@@ -1,0 +1,163 @@
+// List-then-watch cache of one resource, as client-go's reflector does it: relist only
+// when the watch's resourceVersion is too old (410), otherwise resume the watch from
+// the last seen version, so a reconnect does not replay every object. On errors it
+// retries with backoff and keeps serving the last known objects meanwhile.
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from '../log.ts';
+import type { ObjectMeta } from '../operator/types.ts';
+
+export interface HasMetadata {
+  metadata: ObjectMeta;
+}
+import { ApiError, type KubeClient, type WatchEvent } from './kube-client.ts';
+
+export type InformerEvent = 'add' | 'update' | 'delete';
+export type InformerHandler<T> = (event: InformerEvent, obj: T, old?: T) => void;
+
+export interface InformerOptions {
+  client: KubeClient;
+  /** Collection path, e.g. /api/v1/services or /apis/extbackend.io/v1alpha1/namespaces/x/externalbackends */
+  path: string;
+  labelSelector?: string;
+  fieldSelector?: string;
+  log: Logger;
+  initialBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+export function objectKey(obj: { metadata: { name: string; namespace?: string } }): string {
+  return obj.metadata.namespace ? `${obj.metadata.namespace}/${obj.metadata.name}` : obj.metadata.name;
+}
+
+export class Informer<T extends HasMetadata> {
+  private readonly cache = new Map<string, T>();
+  private readonly handlers: InformerHandler<T>[] = [];
+  private readonly options: InformerOptions;
+  private readonly abort = new AbortController();
+  private resourceVersion: string | undefined;
+  private running: Promise<void> | undefined;
+  private markSynced!: () => void;
+  /** Resolves once the first list is in the cache. */
+  readonly synced: Promise<void>;
+  hasSynced = false;
+  /** Counts relists, for tests and metrics. */
+  lists = 0;
+
+  constructor(options: InformerOptions) {
+    this.options = options;
+    this.synced = new Promise((resolve) => (this.markSynced = resolve));
+  }
+
+  on(handler: InformerHandler<T>): void {
+    this.handlers.push(handler);
+  }
+
+  get(key: string): T | undefined {
+    return this.cache.get(key);
+  }
+
+  list(): T[] {
+    return [...this.cache.values()];
+  }
+
+  get size(): number {
+    return this.cache.size;
+  }
+
+  start(): void {
+    this.running ??= this.loop();
+  }
+
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.running;
+  }
+
+  private emit(event: InformerEvent, obj: T, old?: T): void {
+    for (const h of this.handlers) {
+      try {
+        h(event, obj, old);
+      } catch (err) {
+        this.options.log.error('informer handler failed', { path: this.options.path, error: (err as Error).message });
+      }
+    }
+  }
+
+  /** Replaces the cache with a fresh list, emitting only real differences. */
+  private replace(items: T[]): void {
+    const fresh = new Map(items.map((o) => [objectKey(o), o]));
+    for (const [key, old] of this.cache) {
+      if (!fresh.has(key)) {
+        this.cache.delete(key);
+        this.emit('delete', old);
+      }
+    }
+    for (const [key, obj] of fresh) {
+      const old = this.cache.get(key);
+      this.cache.set(key, obj);
+      if (!old) this.emit('add', obj);
+      else if (old.metadata.resourceVersion !== obj.metadata.resourceVersion) this.emit('update', obj, old);
+    }
+  }
+
+  private apply(ev: WatchEvent<T>): void {
+    const key = objectKey(ev.object);
+    const old = this.cache.get(key);
+    if (ev.type === 'DELETED') {
+      this.cache.delete(key);
+      this.emit('delete', ev.object);
+    } else {
+      this.cache.set(key, ev.object);
+      this.emit(old ? 'update' : 'add', ev.object, old);
+    }
+  }
+
+  private selectors(): Record<string, string | undefined> {
+    return { labelSelector: this.options.labelSelector, fieldSelector: this.options.fieldSelector };
+  }
+
+  private async loop(): Promise<void> {
+    const { client, path, log } = this.options;
+    const initial = this.options.initialBackoffMs ?? 500;
+    const max = this.options.maxBackoffMs ?? 30_000;
+    let backoff = initial;
+    const signal = this.abort.signal;
+    while (!signal.aborted) {
+      try {
+        if (this.resourceVersion === undefined) {
+          const list = await client.list<T>(path, this.selectors());
+          this.lists++;
+          this.replace(list.items);
+          this.resourceVersion = list.metadata.resourceVersion;
+          if (!this.hasSynced) {
+            this.hasSynced = true;
+            this.markSynced();
+          }
+        }
+        // Server-side timeout with jitter so many watches do not all reconnect at once.
+        const timeoutSeconds = 240 + Math.floor(Math.random() * 120);
+        const query = { ...this.selectors(), resourceVersion: this.resourceVersion, allowWatchBookmarks: true, timeoutSeconds };
+        for await (const ev of client.watch<T>(path, query, signal)) {
+          if (ev.type === 'ERROR') {
+            const status = ev.object as unknown as { code?: number; message?: string };
+            if (status.code === 410) {
+              log.debug('watch resourceVersion expired; relisting', { path });
+              this.resourceVersion = undefined;
+              break;
+            }
+            throw new Error(`watch error: ${status.message ?? JSON.stringify(status)}`);
+          }
+          if (ev.type !== 'BOOKMARK') this.apply(ev);
+          this.resourceVersion = ev.object.metadata.resourceVersion ?? this.resourceVersion;
+          backoff = initial;
+        }
+      } catch (err) {
+        if (signal.aborted) break;
+        if (err instanceof ApiError && err.code === 410) this.resourceVersion = undefined;
+        log.warn('list/watch failed; retrying with backoff (cache kept)', { path, error: (err as Error).message, retryInMs: backoff });
+        await sleep(backoff * (0.8 + Math.random() * 0.4), undefined, { signal }).catch(() => undefined);
+        backoff = Math.min(max, backoff * 2);
+      }
+    }
+  }
+}
