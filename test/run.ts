@@ -1,6 +1,6 @@
 // `npm test` after lint and typecheck: one shared local control plane for the whole
 // run, then ava. The cluster is stopped however ava ends (failure, Ctrl-C, SIGTERM).
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 
 import path from 'node:path';
 import { REPO_ROOT } from '../src/devcluster/build.ts';
@@ -11,9 +11,17 @@ const avaCli = path.join(REPO_ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.j
 const cluster = await startLocalCluster();
 let exitCode = 1;
 try {
+  // Our CRDs exist before any test, as in a real install (and the garbage collector
+  // has discovered them by the time tests delete owners).
+  const kubectl = (...args: string[]): string =>
+    execFileSync(cluster.build.bin('kubectl'), ['--kubeconfig', cluster.kubeconfig, ...args], { encoding: 'utf8' });
+  kubectl('apply', '-f', path.join(REPO_ROOT, 'crds'));
+  kubectl('wait', '--for=condition=Established', '--timeout=60s', 'crd', '--all');
   const ava = spawn(process.execPath, [avaCli, ...process.argv.slice(2)], {
     stdio: 'inherit',
     env: {
+      // Components under test log warnings and errors only, unless asked otherwise.
+      EXTBACKEND_LOG_LEVEL: 'warn',
       ...process.env,
       EXTBACKEND_TEST_KUBECONFIG: cluster.kubeconfig,
       EXTBACKEND_TEST_KUBECTL: cluster.build.bin('kubectl'),

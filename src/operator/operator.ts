@@ -32,10 +32,14 @@ export interface OperatorOptions {
   dnsServers?: string[];
   dnsRefreshMs: number;
   signal: AbortSignal;
+  /** Hand the lease back on shutdown so a successor need not wait it out (default true). */
+  releaseLeaseOnStop?: boolean;
 }
 
 export interface RunningOperator {
   metrics: Registry;
+  /** True once caches synced and no key is queued or being reconciled. */
+  idle(): boolean;
   /** Resolves when the operator stopped; 'lost' when it lost the lease (the process should exit non-zero). */
   done: Promise<'stopped' | 'lost'>;
 }
@@ -123,6 +127,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   for (const i of [nodes, apiSlices, ...(serviceCIDRs ? [serviceCIDRs] : [])]) i.on(onFactsChange);
 
   let ready = false;
+  const idle = (): boolean => ready && controller.queue.length === 0 && controller.queue.active === 0;
   const healthServer = o.httpAddress
     ? await startHealthServer({
         address: o.httpAddress,
@@ -156,7 +161,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     ready = true;
     const holdAbort = new AbortController();
     o.signal.addEventListener('abort', () => holdAbort.abort(), { once: true });
-    const outcome = elector ? await elector.holdUntil(holdAbort.signal) : await new Promise<'released'>((r) => o.signal.addEventListener('abort', () => r('released'), { once: true }));
+    const outcome = elector ? await elector.holdUntil(holdAbort.signal, o.releaseLeaseOnStop ?? true) : await new Promise<'released'>((r) => o.signal.addEventListener('abort', () => r('released'), { once: true }));
     ready = false;
     leader.set(0);
     await controller.stop();
@@ -165,5 +170,5 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     return outcome === 'lost' ? 'lost' : 'stopped';
   })();
 
-  return { metrics, done };
+  return { metrics, idle, done };
 }

@@ -108,6 +108,7 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
       service = undefined;
     }
     if (!service || !containsDesired(service, desired.service)) {
+      if (service) await dropForeignPorts(client, service, desired.service);
       try {
         service = await client.apply<KubeObject>(paths.service(ns, name), desired.service, FIELD_MANAGER);
       } catch (err) {
@@ -134,6 +135,27 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
 
   const requeue = [refreshAfterMs, conflict ? CONFLICT_RECHECK_MS : undefined].filter((v): v is number => v !== undefined);
   return requeue.length ? { requeueAfterMs: Math.min(...requeue) } : {};
+}
+
+type ServicePort = { port: number; protocol?: string };
+
+/**
+ * Service ports are a list keyed by port and protocol, so server-side apply cannot
+ * remove an item another manager put there (e.g. a hand edit of our port number);
+ * the API server would then reject our apply as a duplicate port name. Put our list
+ * back first; the apply that follows takes ownership again.
+ */
+async function dropForeignPorts(client: KubeClient, service: KubeObject, desired: KubeObject): Promise<void> {
+  const key = (p: ServicePort) => `${p.port}/${p.protocol ?? 'TCP'}`;
+  const wanted = (desired.spec as { ports: ServicePort[] }).ports;
+  const observed = (service.spec as { ports?: ServicePort[] }).ports ?? [];
+  const keys = new Set(wanted.map(key));
+  if (observed.every((p) => keys.has(key(p)))) return;
+  const ns = service.metadata.namespace!;
+  await client.patch(paths.service(ns, service.metadata.name), [
+    { op: 'test', path: '/metadata/resourceVersion', value: service.metadata.resourceVersion },
+    { op: 'replace', path: '/spec/ports', value: wanted },
+  ], 'json');
 }
 
 /** clusterIP is immutable: switching to or from Headless, or asking for another IP, needs a new Service. */

@@ -173,14 +173,15 @@ export class KubeClient {
     return this.request<T>('GET', path, { query });
   }
 
-  /** Lists every page. */
+  /** Lists every page. Items get apiVersion and kind, which list responses leave out. */
   async list<T>(path: string, query: Query = {}): Promise<ObjectList<T>> {
     const items: T[] = [];
     let cont: string | undefined;
     let resourceVersion = '';
     do {
-      const page = await this.get<ObjectList<T>>(path, { limit: 500, ...query, continue: cont });
-      items.push(...(page.items ?? []));
+      const page = await this.get<ObjectList<T> & { apiVersion?: string; kind?: string }>(path, { limit: 500, ...query, continue: cont });
+      const typeMeta = { apiVersion: page.apiVersion, kind: page.kind?.replace(/List$/, '') };
+      for (const item of page.items ?? []) items.push({ ...typeMeta, ...item });
       resourceVersion = page.metadata.resourceVersion;
       cont = page.metadata.continue || undefined;
     } while (cont);

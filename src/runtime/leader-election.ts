@@ -121,7 +121,7 @@ export class LeaderElector {
    * Renews until the signal aborts (then releases the lease so a successor need not
    * wait it out) or until renewal fails past the deadline: then resolves with 'lost'.
    */
-  async holdUntil(signal: AbortSignal): Promise<'released' | 'lost'> {
+  async holdUntil(signal: AbortSignal, release = true): Promise<'released' | 'lost'> {
     let lastRenew = Date.now();
     while (!signal.aborted) {
       await sleep(this.o.retryPeriodMs, undefined, { signal }).catch(() => undefined);
@@ -137,7 +137,8 @@ export class LeaderElector {
         return 'lost';
       }
     }
-    await this.release();
+    if (release) await this.release();
+    else this.leading = false;
     return 'released';
   }
 
