@@ -4,6 +4,7 @@ import path from 'node:path';
 import test from 'ava';
 import { REPO_ROOT } from '../../src/devcluster/build.ts';
 import { applyYaml, kubectl, testNamespace, waitFor } from '../helpers/cluster.ts';
+import { startTestDnsServer } from '../helpers/dns-server.ts';
 import { startTestOperator } from '../helpers/operator.ts';
 
 interface Obj {
@@ -28,10 +29,16 @@ function condition(o: Obj | undefined, type: string) {
 }
 
 async function waitForState(ns: string, name: string, state: string, timeoutMs = 30_000): Promise<Obj> {
-  return waitFor(`ExternalBackend ${ns}/${name} to be ${state}`, async () => {
-    const xb = await get(ns, 'externalbackend', name);
-    return xb?.status?.state === state ? xb : (xb?.status as false | undefined) ?? false;
-  }, { timeoutMs });
+  let last: unknown;
+  try {
+    return await waitFor(`ExternalBackend ${ns}/${name} to be ${state}`, async () => {
+      const xb = await get(ns, 'externalbackend', name);
+      last = xb?.status;
+      return xb?.status?.state === state ? xb : false;
+    }, { timeoutMs });
+  } catch (err) {
+    throw new Error(`${(err as Error).message}; last status: ${JSON.stringify(last)}`);
+  }
 }
 
 function sample(file: string, ns: string): string {
@@ -306,4 +313,55 @@ test('two replicas: exactly one writes; when it stops the other takes over withi
   t.true(tookMs < 15_000 + 2_000 * 2 + 5_000, `took over in ${tookMs} ms`);
   t.true(b.writes.length > 0, 'the new leader writes');
   t.is((await get(ns, 'lease', 'extbackend-operator'))?.spec?.holderIdentity, 'replica-b');
+});
+
+test('hostnames: A and AAAA become separate slices, re-resolved; an answer turning to loopback is refused', async (t) => {
+  const ns = await testNamespace(t);
+  const dns = await startTestDnsServer(1);
+  t.teardown(() => dns.close());
+  dns.records.set('db.example.test', ['198.51.100.50', '2001:db8::50']);
+  await startTestOperator(t, ns, { dnsServers: [dns.address], dnsRefreshMs: 1000 });
+  await applyYaml(`
+apiVersion: extbackend.io/v1alpha1
+kind: ExternalBackend
+metadata: {name: db, namespace: ${ns}}
+spec: {addresses: [{hostname: db.example.test}, {ip: 198.51.100.9}], ports: [{port: 5432}]}
+`);
+  const xb = await waitForState(ns, 'db', 'Ready');
+  t.deepEqual(xb.status?.addresses?.find((a) => a.address === 'db.example.test'), { address: 'db.example.test', ips: ['198.51.100.50', '2001:db8::50'], ready: true });
+  const published = async () =>
+    ((await list(ns, 'endpointslices', 'kubernetes.io/service-name=db')) as Slice[]).map((s) => `${s.addressType}:${s.endpoints.map((e) => e.addresses[0]).join('+')}`).sort().join(' ');
+  t.is(await published(), 'IPv4:198.51.100.9+198.51.100.50 IPv6:2001:db8::50');
+
+  dns.records.set('db.example.test', ['198.51.100.51']);
+  await waitFor('the new answer to be published', async () => ((await published()) === 'IPv4:198.51.100.9+198.51.100.51' ? true : await published()));
+
+  // DNS rebinding: the same name now points at the node itself.
+  dns.records.set('db.example.test', ['127.0.0.1']);
+  const rebound = await waitForState(ns, 'db', 'Degraded');
+  const entry = rebound.status?.addresses?.find((a) => a.address === 'db.example.test');
+  t.false(entry?.ready);
+  t.regex(entry?.message ?? '', /127\.0\.0\.1 is a loopback address/);
+  t.regex(condition(rebound, 'Degraded')!.message, /db\.example\.test/);
+  t.is(await published(), 'IPv4:198.51.100.9');
+});
+
+test('/healthz, /readyz and /metrics are served', async (t) => {
+  const ns = await testNamespace(t);
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const op = await startTestOperator(t, ns, { httpAddress: `127.0.0.1:${port}` });
+  await op.settle();
+  const fetchText = async (p: string) => {
+    const res = await fetch(`http://127.0.0.1:${port}${p}`);
+    return { status: res.status, body: await res.text() };
+  };
+  t.deepEqual(await fetchText('/healthz'), { status: 200, body: 'ok\n' });
+  t.deepEqual(await fetchText('/readyz'), { status: 200, body: 'ok\n' });
+  await applyYaml(sample('httpd-external.yaml', ns));
+  await waitForState(ns, 'http-external', 'Ready');
+  const metrics = (await fetchText('/metrics')).body;
+  t.regex(metrics, /extbackend_reconcile_total\{controller="externalbackend",result="success"\} [1-9]/);
+  t.regex(metrics, /extbackend_api_writes_total\{resource="services",verb="PATCH"\} 1/);
+  t.regex(metrics, /extbackend_reconcile_duration_seconds_count\{controller="externalbackend"\} [1-9]/);
+  t.regex(metrics, /extbackend_workqueue_depth\{controller="externalbackend"\} 0/);
 });
