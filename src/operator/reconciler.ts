@@ -111,6 +111,7 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
       if (service) await dropForeignPorts(client, service, desired.service);
       try {
         service = await client.apply<KubeObject>(paths.service(ns, name), desired.service, FIELD_MANAGER);
+        deps.services.assume(service);
       } catch (err) {
         if (err instanceof ApiError && (err.code === 422 || err.code === 400)) {
           // Semantic rejection by the API server (e.g. a nodePort out of range): tell the user.
@@ -128,7 +129,7 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   const clusterIP = (service?.spec as { clusterIP?: string } | undefined)?.clusterIP;
   const status = computeStatus({ eb, resolved, health, desired, conflict, clusterIP, now });
   if (!statusEqual(eb.status, status)) {
-    await client.apply(paths.status(ns, name), { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: ns }, status }, FIELD_MANAGER);
+    deps.backends.assume(await client.apply<ExternalBackend>(paths.status(ns, name), { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: ns }, status }, FIELD_MANAGER));
     emitTransitionEvents(events, eb, eb.status, status);
   }
   if (conflict) log.debug('not writing owned objects', { key, reason: conflict.reason });
@@ -181,12 +182,13 @@ async function reconcileSlices(deps: ReconcilerDeps, eb: ExternalBackend, desire
     if (current && containsDesired(current, slice)) continue;
     // The agent measures network-programming latency from this annotation.
     const body = { ...slice, metadata: { ...slice.metadata, annotations: { ...slice.metadata.annotations, [LAST_CHANGE_TRIGGER_TIME]: now } } };
-    await deps.client.apply(paths.slice(ns, slice.metadata.name), body, FIELD_MANAGER);
+    deps.slices.assume(await deps.client.apply<KubeObject>(paths.slice(ns, slice.metadata.name), body, FIELD_MANAGER));
   }
   for (const stale of observed.values()) {
     await deps.client.delete(paths.slice(ns, stale.metadata.name), {}, { preconditions: { uid: stale.metadata.uid } }).catch((err: unknown) => {
       if (!isNotFound(err)) throw err;
     });
+    deps.slices.assumeDeleted(`${ns}/${stale.metadata.name}`);
   }
 }
 
@@ -199,10 +201,13 @@ async function reconcileEndpoints(deps: ReconcilerDeps, eb: ExternalBackend, des
     return desired ? { reason: 'EndpointsConflict', message: `Endpoints ${ns}/${name} exists and is not owned by this ExternalBackend; it is left untouched` } : undefined;
   }
   if (!desired) {
-    if (current) await deps.client.delete(paths.endpoints(ns, name), {}, { preconditions: { uid: current.metadata.uid } }).catch(() => undefined);
+    if (current) {
+      await deps.client.delete(paths.endpoints(ns, name), {}, { preconditions: { uid: current.metadata.uid } }).catch(() => undefined);
+      deps.endpoints.assumeDeleted(key);
+    }
     return undefined;
   }
-  if (!current || !containsDesired(current, desired)) await deps.client.apply(paths.endpoints(ns, name), desired, FIELD_MANAGER);
+  if (!current || !containsDesired(current, desired)) deps.endpoints.assume(await deps.client.apply<KubeObject>(paths.endpoints(ns, name), desired, FIELD_MANAGER));
   return undefined;
 }
 

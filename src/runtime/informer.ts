@@ -60,6 +60,19 @@ export class Informer<T extends HasMetadata> {
     return [...this.cache.values()];
   }
 
+  /**
+   * Puts an object we just wrote into the cache, so a reconcile that runs before the
+   * watch delivers it does not act on the old version (and write again).
+   */
+  assume(obj: T): void {
+    this.cache.set(objectKey(obj), obj);
+  }
+
+  /** Drops an object we just deleted, for the same reason. */
+  assumeDeleted(key: string): void {
+    this.cache.delete(key);
+  }
+
   get size(): number {
     return this.cache.size;
   }

@@ -6,7 +6,6 @@
 import { createInterface } from 'node:readline';
 import * as k8s from '@kubernetes/client-node';
 import { Agent, request, type Dispatcher } from 'undici';
-import type { KubeObject } from '../operator/types.ts';
 
 export interface ApiStatus {
   kind?: string;
@@ -193,7 +192,7 @@ export class KubeClient {
   }
 
   /** Server-side apply: `obj` is our whole intent for the fields we manage. */
-  apply<T extends KubeObject>(path: string, obj: unknown, fieldManager: string, force = true): Promise<T> {
+  apply<T>(path: string, obj: unknown, fieldManager: string, force = true): Promise<T> {
     return this.request<T>('PATCH', path, { body: obj, contentType: PATCH_CONTENT_TYPES.apply, query: { fieldManager, force } });
   }
 

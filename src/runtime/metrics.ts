@@ -92,6 +92,11 @@ export class Histogram implements Metric {
 
 export class Registry {
   private readonly metrics: Metric[] = [];
+  constructor() {
+    const rss = this.gauge('process_resident_memory_bytes', 'Resident memory size in bytes.');
+    rss.set(() => process.memoryUsage.rss());
+    this.gauge('nodejs_heap_used_bytes', 'V8 heap in use, in bytes.').set(() => process.memoryUsage().heapUsed);
+  }
   counter(name: string, help: string): Counter {
     return this.add(new Counter(name, help));
   }
