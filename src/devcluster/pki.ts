@@ -40,6 +40,25 @@ async function openssl(args: string[], cwd: string): Promise<void> {
 const DAYS = '3650';
 const EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
 
+/** A self-signed CA as ca.crt / ca.key in dir. */
+export async function createCa(dir: string, commonName: string): Promise<void> {
+  await openssl(['req', '-x509', ...EC_KEY, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', DAYS, '-subj', `/CN=${commonName}`], dir);
+}
+
+/** SANs for openssl: IPs as IP:, everything else as DNS:. */
+export function subjectAltNames(sans: string[]): string {
+  return sans.map((s) => (/^[\d.]+$|:/.test(s) ? `IP:${s}` : `DNS:${s}`)).join(',');
+}
+
+/** name.crt / name.key in dir, signed by dir's CA, for serving (with SANs) or as a client. */
+export async function issueCertificate(dir: string, name: string, subject: string, use: { serverSANs: string[] } | 'client'): Promise<void> {
+  const ext =
+    use === 'client'
+      ? 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n'
+      : `subjectAltName=${subjectAltNames(use.serverSANs)}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n`;
+  await issue(dir, name, subject, ext);
+}
+
 async function issue(dir: string, name: string, subject: string, extensions: string): Promise<void> {
   await openssl(['req', '-new', ...EC_KEY, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject], dir);
   await writeFile(path.join(dir, `${name}.ext`), extensions);
@@ -51,12 +70,10 @@ async function issue(dir: string, name: string, subject: string, extensions: str
 
 /** `sans` are IPs or DNS names the API server's certificate must be valid for. */
 export async function createPki(dir: string, sans: string[]): Promise<ClusterPki> {
-  await openssl(['req', '-x509', ...EC_KEY, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', DAYS, '-subj', '/CN=extbackend-local-ca'], dir);
-  const altNames = sans.map((s) => (/^[\d.]+$|:/.test(s) ? `IP:${s}` : `DNS:${s}`)).join(',');
-  await issue(dir, 'apiserver', '/CN=kube-apiserver', `subjectAltName=${altNames}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n`);
-  const client = 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n';
-  await issue(dir, 'admin', '/O=system:masters/CN=extbackend-admin', client);
-  await issue(dir, 'controller-manager', '/CN=system:kube-controller-manager', client);
+  await createCa(dir, 'extbackend-local-ca');
+  await issueCertificate(dir, 'apiserver', '/CN=kube-apiserver', { serverSANs: sans });
+  await issueCertificate(dir, 'admin', '/O=system:masters/CN=extbackend-admin', 'client');
+  await issueCertificate(dir, 'controller-manager', '/CN=system:kube-controller-manager', 'client');
   await openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-out', 'sa.key'], dir);
   await openssl(['pkey', '-in', 'sa.key', '-pubout', '-out', 'sa.pub'], dir);
   const file = (n: string): string => path.join(dir, n);

@@ -11,7 +11,9 @@ import { LeaderElector } from '../runtime/leader-election.ts';
 import { Registry } from '../runtime/metrics.ts';
 import { buildAddressPolicy, type AddressPolicy, type ClusterNetworkFacts } from './address-policy.ts';
 import { AddressResolver, dnsLookup } from './address-resolver.ts';
+import { ProbeScheduler } from '../probes/scheduler.ts';
 import { shortHash } from './desired.ts';
+import { TlsSecrets } from './tls-secrets.ts';
 import { reconcileExternalBackend } from './reconciler.ts';
 import { BACKEND_LABEL, GROUP, PLURAL, SERVICE_NAME_LABEL, VERSION, type ExternalBackend, type KubeObject } from './types.ts';
 
@@ -31,6 +33,8 @@ export interface OperatorOptions {
   extraPodCIDRs: string[];
   dnsServers?: string[];
   dnsRefreshMs: number;
+  /** Probes in flight at once, across all backends (default 512). */
+  maxConcurrentProbes?: number;
   signal: AbortSignal;
   /** Hand the lease back on shutdown so a successor need not wait it out (default true). */
   releaseLeaseOnStop?: boolean;
@@ -100,7 +104,11 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
 
   const resolver = new AddressResolver(dnsLookup(o.dnsServers), o.dnsRefreshMs);
   const events = new ApiEventRecorder(client, 'extbackend-operator', log);
-  const deps = { client, backends, services, slices, endpoints, resolver, policy: () => policy, events, log };
+  // A readiness flip of any probe target re-reconciles its backend; nothing else does.
+  let enqueue: (key: string) => void = () => undefined;
+  const probes = new ProbeScheduler({ onChange: (owner) => enqueue(owner), metrics, maxConcurrent: o.maxConcurrentProbes });
+  const tlsSecrets = new TlsSecrets(client);
+  const deps = { client, backends, services, slices, endpoints, resolver, policy: () => policy, probes, tlsSecrets, events, log };
   const controller = new Controller({
     name: 'externalbackend',
     workers: o.workers,
@@ -108,6 +116,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     metrics,
     reconcile: (key) => reconcileExternalBackend(deps, key),
   });
+  enqueue = (key) => controller.queue.add(key);
   controller.watch(backends, (eb) => [objectKey(eb)]);
   const ownerKey = (obj: KubeObject): string[] => {
     const owner = obj.metadata.labels?.[BACKEND_LABEL];
@@ -164,6 +173,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     const outcome = elector ? await elector.holdUntil(holdAbort.signal, o.releaseLeaseOnStop ?? true) : await new Promise<'released'>((r) => o.signal.addEventListener('abort', () => r('released'), { once: true }));
     ready = false;
     leader.set(0);
+    probes.stop();
     await controller.stop();
     await Promise.all(factInformers.map((i) => i.stop()));
     healthServer?.close();

@@ -8,7 +8,11 @@ import type { Informer } from '../runtime/informer.ts';
 import { ApiError, isNotFound, resourcePath, type KubeClient } from '../runtime/kube-client.ts';
 import type { AddressPolicy } from './address-policy.ts';
 import type { AddressResolver } from './address-resolver.ts';
-import { ALWAYS_HEALTHY, desiredState, isHeadless, stableJson, type HealthLookup } from './desired.ts';
+import type { ProbeScheduler } from '../probes/scheduler.ts';
+import { planProbes } from '../probes/targets.ts';
+import { initialHealth, type TargetHealth } from '../probes/threshold.ts';
+import { ALWAYS_HEALTHY, desiredState, isHeadless, stableJson, type HealthLookup, type ResolvedAddress } from './desired.ts';
+import type { TlsSecrets } from './tls-secrets.ts';
 import { computeStatus } from './status.ts';
 import {
   API_VERSION,
@@ -20,8 +24,10 @@ import {
   PLURAL,
   VERSION,
   type ExternalBackend,
+  type BackendPort,
   type ExternalBackendStatus,
   type KubeObject,
+  VOLATILE_ADDRESS_FIELDS,
 } from './types.ts';
 
 export interface ReconcilerDeps {
@@ -32,7 +38,9 @@ export interface ReconcilerDeps {
   endpoints: Informer<KubeObject>;
   resolver: AddressResolver;
   policy: () => AddressPolicy;
-  health?: (eb: ExternalBackend) => HealthLookup;
+  /** Runs health probes; without it every address is healthy. */
+  probes?: ProbeScheduler;
+  tlsSecrets?: TlsSecrets;
   events: EventRecorder;
   log: Logger;
 }
@@ -65,8 +73,58 @@ function ownedBy(obj: KubeObject, eb: ExternalBackend): boolean {
   return !!obj.metadata.ownerReferences?.some((r) => r.controller && r.uid === eb.metadata.uid);
 }
 
+/** Equal but for per-probe counters and times, which alone never justify a write. */
 function statusEqual(a: ExternalBackendStatus | undefined, b: ExternalBackendStatus): boolean {
-  return stableJson(a ?? {}) === stableJson(b);
+  const strip = (s: ExternalBackendStatus | undefined) => ({
+    ...s,
+    addresses: s?.addresses?.map((x) => Object.fromEntries(Object.entries(x).filter(([k]) => !(VOLATILE_ADDRESS_FIELDS as readonly string[]).includes(k)))),
+  });
+  return stableJson(strip(a)) === stableJson(strip(b));
+}
+
+type SliceView = { metadata: KubeObject['metadata']; ports?: { name?: string }[]; endpoints?: { addresses: string[]; conditions?: { serving?: boolean } }[] };
+
+/** Whether ip is published as serving for port, from our current slices (before the first probe). */
+function publishedHealth(slices: SliceView[]): (ip: string, port: BackendPort) => boolean | undefined {
+  return (ip, port) => {
+    for (const s of slices) {
+      if (!s.ports?.some((p) => (p.name ?? '') === (port.name ?? ''))) continue;
+      const e = s.endpoints?.find((x) => x.addresses.includes(ip));
+      if (e) return e.conditions?.serving !== false;
+    }
+    return undefined;
+  };
+}
+
+interface HealthView {
+  health: HealthLookup;
+  probes: (ip: string) => TargetHealth[];
+  problems: string[];
+}
+
+/** Schedules the backend's probes and answers health from their current results. */
+async function healthView(deps: ReconcilerDeps, eb: ExternalBackend, resolved: ResolvedAddress[], owner: string): Promise<HealthView> {
+  const scheduler = deps.probes;
+  if (!scheduler || !eb.spec.healthCheck) {
+    scheduler?.removeOwner(owner);
+    return { health: ALWAYS_HEALTHY, probes: () => [], problems: [] };
+  }
+  const { tls, problem } = (await deps.tlsSecrets?.material(eb.metadata.namespace!, eb.spec.healthCheck.tls)) ?? {};
+  const mine = deps.slices.list().filter((s) => s.metadata.namespace === eb.metadata.namespace && s.metadata.labels?.[BACKEND_LABEL] === eb.metadata.name) as SliceView[];
+  const published = publishedHealth(mine);
+  const plan = planProbes(eb, resolved, tls, published);
+  scheduler.setTargets(owner, plan.targets);
+  const byIp = new Map<string, string[]>();
+  for (const t of plan.targets) byIp.set(t.ip, [...(byIp.get(t.ip) ?? []), t.key]);
+  const state = (key: string, ip: string, port?: BackendPort): TargetHealth => scheduler.health(key) ?? initialHealth(port ? published(ip, port) : undefined);
+  return {
+    health: (ip, port) => {
+      const key = plan.keyFor(ip, port);
+      return key ? state(key, ip, port).healthy : true;
+    },
+    probes: (ip) => (byIp.get(ip) ?? []).map((k) => state(k, ip)),
+    problems: [...plan.problems, ...(problem ? [problem] : [])],
+  };
 }
 
 /** Reads from the cache, falling back to a GET for objects our label selector cannot see (someone else's). */
@@ -85,13 +143,18 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   const { client, events, log } = deps;
   const eb = deps.backends.get(key);
   // Gone or going: the garbage collector removes what we own through ownerReferences.
-  if (!eb || eb.metadata.deletionTimestamp) return {};
+  if (!eb || eb.metadata.deletionTimestamp) {
+    deps.probes?.removeOwner(key);
+    return {};
+  }
   const ns = eb.metadata.namespace!;
   const name = eb.metadata.name;
 
   const { resolved, refreshAfterMs } = await deps.resolver.resolve(eb.spec.addresses, deps.policy());
-  const health = deps.health?.(eb) ?? ALWAYS_HEALTHY;
-  const desired = desiredState(eb, resolved, health);
+  const view = await healthView(deps, eb, resolved, key);
+  const health = view.health;
+  const computed = desiredState(eb, resolved, health);
+  const desired = view.problems.length ? { ...computed, problems: [...computed.problems, ...view.problems] } : computed;
   const now = new Date().toISOString();
 
   // The Service: ours, or someone else's we must not touch.
@@ -127,7 +190,7 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   }
 
   const clusterIP = (service?.spec as { clusterIP?: string } | undefined)?.clusterIP;
-  const status = computeStatus({ eb, resolved, health, desired, conflict, clusterIP, now });
+  const status = computeStatus({ eb, resolved, health, desired, conflict, clusterIP, now, probes: view.probes });
   if (!statusEqual(eb.status, status)) {
     deps.backends.assume(await client.apply<ExternalBackend>(paths.status(ns, name), { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: ns }, status }, FIELD_MANAGER));
     emitTransitionEvents(events, eb, eb.status, status);

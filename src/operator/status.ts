@@ -1,5 +1,6 @@
 // The ExternalBackend status as a pure function of what the reconcile saw and did.
 import { type DesiredState, type HealthLookup, type ResolvedAddress } from './desired.ts';
+import type { TargetHealth } from '../probes/threshold.ts';
 import type { AddressStatus, Condition, ExternalBackend, ExternalBackendStatus } from './types.ts';
 
 export interface StatusInput {
@@ -11,6 +12,8 @@ export interface StatusInput {
   conflict?: { reason: string; message: string };
   clusterIP?: string;
   now: string;
+  /** Probe states of every target of one IP (empty without a health check). */
+  probes?: (ip: string) => TargetHealth[];
 }
 
 const LIST_LIMIT = 5;
@@ -19,12 +22,33 @@ function listSome(items: string[]): string {
   return items.length <= LIST_LIMIT ? items.join(', ') : `${items.slice(0, LIST_LIMIT).join(', ')} and ${items.length - LIST_LIMIT} more`;
 }
 
-export function addressStatuses(eb: ExternalBackend, resolved: ResolvedAddress[], health: HealthLookup): AddressStatus[] {
+/** Probe details of an address: the newest times, the worst counters, the last error of a failing target. */
+function probeDetails(states: TargetHealth[]): Partial<AddressStatus> {
+  const probed = states.filter((s) => s.probed);
+  if (!probed.length) return {};
+  const newest = (f: (s: TargetHealth) => string | undefined): string | undefined => probed.map(f).filter((v): v is string => !!v).sort().pop();
+  const lastProbeTime = newest((s) => s.lastProbeTime);
+  const lastTransitionTime = newest((s) => s.lastTransitionTime);
+  return {
+    ...(lastProbeTime ? { lastProbeTime } : {}),
+    ...(lastTransitionTime ? { lastTransitionTime } : {}),
+    consecutiveSuccesses: Math.min(...probed.map((s) => s.consecutiveSuccesses)),
+    consecutiveFailures: Math.max(...probed.map((s) => s.consecutiveFailures)),
+  };
+}
+
+export function addressStatuses(eb: ExternalBackend, resolved: ResolvedAddress[], health: HealthLookup, probes: (ip: string) => TargetHealth[] = () => []): AddressStatus[] {
   return resolved.map((r) => {
-    const base = { address: r.key, ...(r.ips.length ? { ips: r.ips } : {}) };
+    const states = r.ips.flatMap(probes);
+    const base = { address: r.key, ...(r.ips.length ? { ips: r.ips } : {}), ...probeDetails(states) };
     if (r.problem) return { ...base, ready: false, reason: r.problem.reason, message: r.problem.message };
     const failing = r.ips.flatMap((ip) => eb.spec.ports.filter((p) => !health(ip, p)).map((p) => `${ip}:${p.name ?? p.port}`));
-    if (failing.length) return { ...base, ready: false, reason: 'ProbeFailed', message: `failing health checks: ${listSome(failing)}` };
+    if (failing.length) {
+      const error = states.find((s) => !s.healthy && s.lastError)?.lastError;
+      const unprobed = states.length > 0 && states.every((s) => !s.probed);
+      const message = unprobed ? 'not probed yet' : `failing health checks on ${listSome(failing)}${error ? `: ${error}` : ''}`;
+      return { ...base, ready: false, reason: unprobed ? 'Pending' : 'ProbeFailed', message };
+    }
     const refused = r.refused?.length ? { message: `refused: ${r.refused.map((x) => x.message).join('; ')}` } : {};
     return { ...base, ready: true, ...refused };
   });
@@ -47,7 +71,7 @@ export function computeStatus(input: StatusInput): ExternalBackendStatus {
   const { eb, resolved, health, desired, conflict, now } = input;
   const generation = eb.metadata.generation;
   const previous = eb.status?.conditions;
-  const addresses = addressStatuses(eb, resolved, health);
+  const addresses = addressStatuses(eb, resolved, health, input.probes);
   const readyCount = addresses.filter((a) => a.ready).length;
   const notReady = addresses.filter((a) => !a.ready);
 

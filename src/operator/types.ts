@@ -1,3 +1,5 @@
+import type { HealthCheckSpec } from '../probes/targets.ts';
+
 // The ExternalBackend API as TypeScript types (mirrors crds/extbackend.io_externalbackends.yaml)
 // and the names and labels DESIGN.md fixes as contracts.
 
@@ -61,6 +63,7 @@ export interface ExternalBackendSpec {
   addresses: BackendAddress[];
   ports: BackendPort[];
   service?: BackendServiceSpec;
+  healthCheck?: HealthCheckSpec;
   endpoints?: { legacyEndpoints?: boolean; maxEndpointsPerSlice?: number };
 }
 
@@ -79,7 +82,14 @@ export interface AddressStatus {
   ready: boolean;
   reason?: string;
   message?: string;
+  lastProbeTime?: string;
+  lastTransitionTime?: string;
+  consecutiveSuccesses?: number;
+  consecutiveFailures?: number;
 }
+
+/** Status fields that change with every probe: refreshed when status is written, never a reason to write. */
+export const VOLATILE_ADDRESS_FIELDS = ['lastProbeTime', 'consecutiveSuccesses', 'consecutiveFailures'] as const;
 
 export interface ExternalBackendStatus {
   observedGeneration?: number;
