@@ -5,6 +5,7 @@ import { REPO_ROOT } from '../devcluster/build.ts';
 import { configureLogger, logger } from '../log.ts';
 import { UsageError, flagHelp, parseArgs, stringFlag, type FlagSpecs, type ParsedArgs } from './args.ts';
 import { clusterCommand, clusterFlags } from './cluster-command.ts';
+import { demoCommand } from './demo-command.ts';
 import { operatorCommand, operatorFlags } from './operator-command.ts';
 
 const globalFlags: FlagSpecs = {
@@ -32,7 +33,7 @@ const notYet = (what: string) => (): Promise<void> => {
 const commands: Record<string, Command> = {
   operator: { summary: 'run the ExternalBackend operator', flags: operatorFlags, run: operatorCommand },
   agent: { summary: 'run the node agent (a small kube-proxy for our Services)', flags: {}, run: notYet('the node agent') },
-  demo: { summary: 'start a local control plane and show the samples working (what `npm start` runs)', flags: {}, run: notYet('the demo') },
+  demo: { summary: 'run the operator; without a configured cluster, on a local control plane with the samples (what `npm start` runs)', flags: operatorFlags, run: demoCommand },
   cluster: { summary: 'local control plane: build | up | run | down | status', flags: clusterFlags, run: clusterCommand },
   version: {
     summary: 'print the version',

@@ -61,7 +61,7 @@ export class ProbeScheduler {
     const m = options.metrics;
     this.duration = m?.histogram('extbackend_probe_duration_seconds', 'Time one health probe took.');
     this.results = m?.counter('extbackend_probe_results_total', 'Probe results by type and outcome (success, failure, timeout, error).');
-    this.lateness = m?.histogram('extbackend_probe_lateness_seconds', 'How late a probe started against its schedule.', [0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5]);
+    this.lateness = m?.histogram('extbackend_probe_lateness_seconds', 'How late a probe started against its schedule.', [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5]);
     m?.gauge('extbackend_probe_targets', 'Probe targets scheduled.').set(() => this.targets.size);
   }
 

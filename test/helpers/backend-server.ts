@@ -39,7 +39,12 @@ const handler: http.RequestListener = (_req, res) => {
 
 switch (values.kind) {
   case 'tcp':
-    net.createServer((s) => s.end(`${identity}\n`)).listen(port, host, ready);
+    net
+      .createServer((s) => {
+        s.on('error', () => undefined); // a prober that hangs up at once is not our problem
+        s.end(`${identity}\n`);
+      })
+      .listen(port, host, ready);
     break;
   case 'http':
     http.createServer(handler).listen(port, host, ready);

@@ -40,7 +40,8 @@ export async function assertRouteVia(address: string, iface: string): Promise<vo
   if (!new RegExp(`\\bdev ${iface}\\b`).test(route)) throw new Error(`refusing to send traffic: the route to ${address} is "${route.trim()}", not through ${iface}`);
 }
 
-export async function createBackendHost(t: ExecutionContext): Promise<BackendHost> {
+/** A namespace on a /30 of its own; `t` tears it down when the test ends (else call destroy()). */
+export async function createBackendHost(t?: ExecutionContext): Promise<BackendHost> {
   const id = randomBytes(3).toString('hex');
   const name = `xbt-${id}`;
   const hostIf = `xbh${id}`;
@@ -55,7 +56,7 @@ export async function createBackendHost(t: ExecutionContext): Promise<BackendHos
     await ip('netns', 'del', name).catch(() => undefined);
     await ip('link', 'del', hostIf).catch(() => undefined);
   };
-  t.teardown(destroy);
+  t?.teardown(destroy);
   await ip('link', 'add', hostIf, 'type', 'veth', 'peer', 'name', nsIf);
   await ip('link', 'set', nsIf, 'netns', name);
   await ip('addr', 'add', `${hostIP}/30`, 'dev', hostIf);
