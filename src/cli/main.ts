@@ -4,6 +4,7 @@ import path from 'node:path';
 import { REPO_ROOT } from '../devcluster/build.ts';
 import { configureLogger, logger } from '../log.ts';
 import { UsageError, flagHelp, parseArgs, stringFlag, type FlagSpecs, type ParsedArgs } from './args.ts';
+import { agentCommand, agentFlags } from './agent-command.ts';
 import { clusterCommand, clusterFlags } from './cluster-command.ts';
 import { demoCommand } from './demo-command.ts';
 import { operatorCommand, operatorFlags } from './operator-command.ts';
@@ -26,13 +27,9 @@ function packageVersion(): string {
   return pkg.version;
 }
 
-const notYet = (what: string) => (): Promise<void> => {
-  throw new Error(`${what} is not implemented yet`);
-};
-
 const commands: Record<string, Command> = {
   operator: { summary: 'run the ExternalBackend operator', flags: operatorFlags, run: operatorCommand },
-  agent: { summary: 'run the node agent (a small kube-proxy for our Services)', flags: {}, run: notYet('the node agent') },
+  agent: { summary: 'run the node agent (a small kube-proxy for our Services)', flags: agentFlags, run: agentCommand },
   demo: { summary: 'run the operator; without a configured cluster, on a local control plane with the samples (what `npm start` runs)', flags: operatorFlags, run: demoCommand },
   cluster: { summary: 'local control plane: build | up | run | down | status', flags: clusterFlags, run: clusterCommand },
   version: {

@@ -1,0 +1,214 @@
+// `extbackend agent`: trackers (informers for our labelled Services, all
+// EndpointSlices, this Node) -> proxy model -> rendered rules -> applier, driven by a
+// bounded-frequency runner. Nothing is programmed before all three caches synced;
+// while the API server is away the last rules stay as they are.
+import { execFile } from 'node:child_process';
+import http from 'node:http';
+import { promisify } from 'node:util';
+import type { Logger } from '../log.ts';
+import { cidrContains, parseCidr, parseIP } from '../net/ip.ts';
+import { PROXY_NAME, PROXY_NAME_LABEL } from '../operator/types.ts';
+import { startHealthServer } from '../runtime/http-server.ts';
+import { Informer } from '../runtime/informer.ts';
+import { resourcePath, type KubeClient } from '../runtime/kube-client.ts';
+import { Registry } from '../runtime/metrics.ts';
+import { IptablesApplier } from './iptables/apply.ts';
+import { renderIptables } from './iptables/render.ts';
+import { buildProxyModel, type NodeInput, type ProxyModel, type ServiceInput, type SliceInput } from './model.ts';
+import { SyncRunner } from './sync-runner.ts';
+
+const run = promisify(execFile);
+
+export type ProxyMode = 'iptables' | 'nftables' | 'ipvs';
+
+export interface AgentOptions {
+  client: KubeClient;
+  log: Logger;
+  nodeName: string;
+  mode: ProxyMode;
+  nodePortCIDRs: string[];
+  externalIPCIDRs: string[];
+  syncPeriodMs: number;
+  minSyncPeriodMs: number;
+  httpAddress?: string;
+  signal: AbortSignal;
+}
+
+interface NodeObject {
+  metadata: { name: string; labels?: Record<string, string> };
+  status?: { addresses?: { type: string; address: string }[] };
+}
+
+type Obj = ServiceInput & { metadata: ServiceInput['metadata'] & { resourceVersion?: string } };
+type SliceObj = SliceInput & { metadata: SliceInput['metadata'] & { resourceVersion?: string } };
+
+export interface RunningAgent {
+  metrics: Registry;
+  /** Resolves after the first successful sync. */
+  firstSync: Promise<void>;
+  done: Promise<void>;
+}
+
+/** UDP flows to endpoints that are gone would otherwise stick to them until they time out. */
+async function clearStaleUdp(before: ProxyModel, after: ProxyModel, log: Logger): Promise<void> {
+  const now = new Map(after.ports.map((p) => [p.id, new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))]));
+  for (const p of before.ports.filter((x) => x.protocol === 'udp')) {
+    const keep = now.get(p.id) ?? new Set<string>();
+    for (const ip of new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))) {
+      if (keep.has(ip)) continue;
+      await run('conntrack', ['-D', '-p', 'udp', '--dst-nat', ip, ...(p.family === 6 ? ['-f', 'ipv6'] : [])]).catch((err: Error & { code?: number | string }) => {
+        // Exit code 1 means "no entries": nothing to delete.
+        if (err.code !== 1) log.warn('conntrack cleanup failed', { endpoint: ip, error: err.message });
+      });
+    }
+  }
+}
+
+export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
+  if (o.mode !== 'iptables') throw new Error(`--proxy-mode ${o.mode} is not implemented yet; use iptables`);
+  const { client, log } = o;
+  const metrics = new Registry();
+  const syncs = metrics.histogram('extbackend_agent_sync_duration_seconds', 'Time one sync of the rules took, full or partial.');
+  const syncErrors = metrics.counter('extbackend_agent_sync_errors_total', 'Syncs that failed (retried with backoff, then fully).');
+  const chainsWritten = metrics.counter('extbackend_agent_chains_written_total', 'Chains (re)written by syncs.');
+  const ruleCount = metrics.gauge('extbackend_agent_rules', 'Rules we own, by family.');
+  const programming = metrics.histogram('extbackend_network_programming_duration_seconds', 'From a slice change (last-change-trigger-time) to rules in the kernel.', [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]);
+  const servicePorts = metrics.gauge('extbackend_agent_service_ports', 'Service ports programmed on this node.');
+
+  const services = new Informer<Obj>({ client, path: resourcePath({ group: '', version: 'v1', plural: 'services' }), labelSelector: `${PROXY_NAME_LABEL}=${PROXY_NAME}`, log });
+  const slices = new Informer<SliceObj>({ client, path: resourcePath({ group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices' }), log });
+  const nodes = new Informer<NodeObject>({ client, path: resourcePath({ group: '', version: 'v1', plural: 'nodes' }), fieldSelector: `metadata.name=${o.nodeName}`, log });
+  const externalCidrs = o.externalIPCIDRs.map((c) => parseCidr(c)).filter((c) => c !== undefined);
+  const appliers = { 4: new IptablesApplier(4), 6: new IptablesApplier(6) } as const;
+  let lastModel: ProxyModel = { ports: [] };
+  let pendingTriggers: number[] = [];
+  const hcServers = new Map<number, http.Server>();
+
+  const nodeInput = (): NodeInput => {
+    const node = nodes.list()[0];
+    return { name: o.nodeName, labels: node?.metadata.labels ?? {}, nodePortAddresses: (node?.status?.addresses ?? []).map((a) => a.address) };
+  };
+
+  const sync = async (full: boolean): Promise<void> => {
+    const started = performance.now();
+    const model = buildProxyModel(services.list(), slices.list(), nodeInput(), {
+      externalIPAllowed: (ip) => externalCidrs.some((c) => cidrContains(c, parseIP(ip)!)),
+    });
+    for (const family of [4, 6] as const) {
+      const chains = renderIptables(model, family, { nodePortCIDRs: o.nodePortCIDRs });
+      const result = await appliers[family].apply(chains, full);
+      chainsWritten.inc({ family: String(family) }, result.written);
+      ruleCount.set(chains.reduce((n, c) => n + c.rules.length, 0), { family: String(family) });
+    }
+    await clearStaleUdp(lastModel, model, log);
+    lastModel = model;
+    servicePorts.set(model.ports.length);
+    await syncHealthCheckServers(model);
+    const seconds = (performance.now() - started) / 1000;
+    syncs.observe(seconds, { kind: full ? 'full' : 'partial' });
+    const now = Date.now();
+    for (const t of pendingTriggers) programming.observe((now - t) / 1000);
+    pendingTriggers = [];
+    log.debug('synced', { full, ports: model.ports.length, ms: Math.round(seconds * 1000) });
+  };
+
+  /** kube-proxy's healthCheckNodePort contract: 200 with local endpoints, 503 without. */
+  const syncHealthCheckServers = async (model: ProxyModel): Promise<void> => {
+    const wanted = new Map<number, { namespace: string; name: string; local: number }>();
+    for (const p of model.ports) if (p.healthCheckNodePort) wanted.set(p.healthCheckNodePort, { namespace: p.namespace, name: p.service, local: p.localEndpoints });
+    for (const [port, server] of hcServers) {
+      if (!wanted.has(port)) {
+        server.close();
+        hcServers.delete(port);
+      }
+    }
+    for (const [port, info] of wanted) {
+      const existing = hcServers.get(port);
+      const handler: http.RequestListener = (_req, res) => {
+        const current = wanted.get(port) ?? info;
+        res.writeHead(current.local > 0 ? 200 : 503, { 'content-type': 'application/json', 'x-content-type-options': 'nosniff' });
+        res.end(JSON.stringify({ service: { namespace: current.namespace, name: current.name }, localEndpoints: current.local, serviceProxyHealthy: true }));
+      };
+      if (existing) {
+        existing.removeAllListeners('request');
+        existing.on('request', handler);
+        continue;
+      }
+      const server = http.createServer(handler);
+      await new Promise<void>((resolve) => {
+        server.once('error', (err) => {
+          log.warn('cannot listen on healthCheckNodePort', { port, error: err.message });
+          resolve();
+        });
+        server.listen(port, resolve);
+      });
+      hcServers.set(port, server);
+    }
+  };
+
+  let firstSyncDone!: () => void;
+  const firstSync = new Promise<void>((r) => (firstSyncDone = r));
+  const runner = new SyncRunner({
+    minIntervalMs: o.minSyncPeriodMs,
+    maxIntervalMs: o.syncPeriodMs,
+    sync: async (full) => {
+      await sync(full);
+      firstSyncDone();
+    },
+    onError: (err, retryInMs) => {
+      syncErrors.inc();
+      log.error('sync failed; retrying with a full sync', { error: err.message, retryInMs });
+    },
+  });
+  const onChange = (): void => runner.request();
+  services.on(onChange);
+  nodes.on(onChange);
+  slices.on((_e, slice) => {
+    const trigger = slice.metadata.annotations?.['endpoints.kubernetes.io/last-change-trigger-time'];
+    if (trigger) pendingTriggers.push(Date.parse(trigger));
+    onChange();
+  });
+
+  let synced = false;
+  const healthServer = o.httpAddress
+    ? await startHealthServer({
+        address: o.httpAddress,
+        metrics,
+        checks: {
+          '/healthz': () => (synced && runner.lastSuccess ? undefined : 'not synced yet'),
+          '/readyz': () => (synced && runner.lastSuccess ? undefined : 'not synced yet'),
+          // A change waiting longer than two sync periods means the agent is stuck.
+          '/livez': () => (runner.pendingSince !== undefined && Date.now() - runner.pendingSince > 2 * o.syncPeriodMs ? `a change has waited ${Math.round((Date.now() - runner.pendingSince) / 1000)} s` : undefined),
+        },
+      })
+    : undefined;
+
+  for (const i of [services, slices, nodes]) i.start();
+  const done = (async (): Promise<void> => {
+    await Promise.race([Promise.all([services.synced, slices.synced, nodes.synced]), new Promise((r) => o.signal.addEventListener('abort', r, { once: true }))]);
+    if (!o.signal.aborted) {
+      if (!nodes.list().length) log.warn('this node has no Node object; topology keys other than kubernetes.io/hostname will not match', { node: o.nodeName });
+      synced = true;
+      log.info('caches synced; programming the node', { node: o.nodeName, mode: o.mode });
+      runner.start();
+      await new Promise((r) => o.signal.addEventListener('abort', r, { once: true }));
+    }
+    // The rules stay: a restarting agent must not break connections (use --cleanup to remove them).
+    runner.stop();
+    for (const s of hcServers.values()) s.close();
+    healthServer?.close();
+    await Promise.all([services.stop(), slices.stop(), nodes.stop()]);
+  })();
+  return { metrics, firstSync, done };
+}
+
+/** `extbackend agent --cleanup`: removes every hook, chain and rule the agent created. */
+export async function cleanupAgent(log: Logger): Promise<void> {
+  for (const family of [4, 6] as const) {
+    const removed = await new IptablesApplier(family).cleanup().catch((err: Error) => {
+      log.warn('iptables cleanup failed', { family, error: err.message });
+      return 0;
+    });
+    log.info('removed iptables hooks and chains', { family, removed });
+  }
+}

@@ -1,0 +1,148 @@
+// Applies rendered chains with one atomic `iptables-restore --noflush` per family and
+// sync: only chains whose content hash differs from what is in the kernel are
+// rewritten, chains we no longer need are deleted, nothing that is not ours (prefix
+// XB-) is touched. The kernel is the source of truth: a full sync re-reads it.
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import { CHAIN_PREFIX, HOOKS, restoreInput, type Chain, type Table } from './render.ts';
+
+const run = promisify(execFile);
+
+export interface IptablesCommands {
+  save: string;
+  restore: string;
+  iptables: string;
+}
+
+export function commandsFor(family: 4 | 6): IptablesCommands {
+  return family === 4
+    ? { save: 'iptables-save', restore: 'iptables-restore', iptables: 'iptables' }
+    : { save: 'ip6tables-save', restore: 'ip6tables-restore', iptables: 'ip6tables' };
+}
+
+/** Our chains in the kernel now, with the content hash each was written with. */
+export function parseSaved(saved: string, table: Table): Map<string, string | undefined> {
+  const chains = new Map<string, string | undefined>();
+  let current = '';
+  for (const line of saved.split('\n')) {
+    if (line.startsWith('*')) current = line.slice(1);
+    if (current !== table) continue;
+    const decl = /^:(\S+) /.exec(line);
+    if (decl?.[1]?.startsWith(CHAIN_PREFIX)) chains.set(decl[1], undefined);
+    const hash = /^-A (\S+) -m comment --comment "?xb-hash:([0-9a-f]+)"?/.exec(line);
+    if (hash?.[1]?.startsWith(CHAIN_PREFIX) && chains.get(hash[1]) === undefined) chains.set(hash[1], hash[2]);
+  }
+  return chains;
+}
+
+export interface ApplyResult {
+  written: number;
+  deleted: number;
+  /** Rules in the chains written. */
+  rules: number;
+}
+
+export class IptablesApplier {
+  private readonly cmd: IptablesCommands;
+  /** table/chain -> hash in the kernel, as far as we know. */
+  private known = new Map<string, string | undefined>();
+  private loaded = false;
+
+  constructor(family: 4 | 6) {
+    this.cmd = commandsFor(family);
+  }
+
+  private async exec(command: string, args: string[], input?: string): Promise<string> {
+    if (input === undefined) {
+      const { stdout } = await run(command, args, { maxBuffer: 256 * 1024 * 1024 });
+      return stdout;
+    }
+    return new Promise((resolve, reject) => {
+      const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      child.on('error', reject);
+      child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${command} ${args.join(' ')} failed (${code}): ${err.trim()}`))));
+      child.stdin.end(input);
+    });
+  }
+
+  /** Reads what our chains hold now (after a restart, or to verify on a full sync). */
+  async load(): Promise<void> {
+    this.known.clear();
+    for (const table of ['nat', 'filter'] as const) {
+      const saved = await this.exec(this.cmd.save, ['-t', table]);
+      for (const [name, hash] of parseSaved(saved, table)) this.known.set(`${table}/${name}`, hash);
+    }
+    this.loaded = true;
+  }
+
+  /** Writes what differs. `full` re-reads the kernel first, so anything changed behind our back is repaired. */
+  async apply(chains: Chain[], full: boolean): Promise<ApplyResult> {
+    if (full || !this.loaded) await this.load();
+    const wanted = new Set(chains.map((c) => `${c.table}/${c.name}`));
+    const write = chains.filter((c) => this.known.get(`${c.table}/${c.name}`) !== c.hash);
+    const remove = [...this.known.keys()]
+      .filter((k) => !wanted.has(k))
+      .map((k) => {
+        const [table, name] = k.split('/') as [Table, string];
+        return { table, name };
+      });
+    const input = restoreInput(write, remove);
+    if (input) {
+      try {
+        await this.exec(this.cmd.restore, ['--noflush', '-w', '5'], input);
+      } catch (err) {
+        this.loaded = false; // unknown state now: the next sync re-reads the kernel
+        throw err;
+      }
+      for (const c of write) this.known.set(`${c.table}/${c.name}`, c.hash);
+      for (const r of remove) this.known.delete(`${r.table}/${r.name}`);
+    }
+    if (full || write.length) await this.ensureHooks();
+    return { written: write.length, deleted: remove.length, rules: write.reduce((n, c) => n + c.rules.length, 0) };
+  }
+
+  private async ensureHooks(): Promise<void> {
+    for (const [table, chain, spec] of HOOKS) {
+      const args = splitRule(spec);
+      try {
+        await this.exec(this.cmd.iptables, ['-w', '5', '-t', table, '-C', chain, ...args]);
+      } catch {
+        await this.exec(this.cmd.iptables, ['-w', '5', '-t', table, '-I', chain, '1', ...args]);
+      }
+    }
+  }
+
+  /** Removes every hook and chain of ours (`extbackend agent --cleanup`). */
+  async cleanup(): Promise<number> {
+    let removed = 0;
+    for (const [table, chain, spec] of HOOKS) {
+      const args = splitRule(spec);
+      for (;;) {
+        try {
+          await this.exec(this.cmd.iptables, ['-w', '5', '-t', table, '-D', chain, ...args]);
+          removed++;
+        } catch {
+          break;
+        }
+      }
+    }
+    await this.load();
+    const ours = [...this.known.keys()].map((k) => {
+      const [table, name] = k.split('/') as [Table, string];
+      return { table, name };
+    });
+    const input = restoreInput([], ours);
+    if (input) await this.exec(this.cmd.restore, ['--noflush', '-w', '5'], input);
+    this.known.clear();
+    return removed + ours.length;
+  }
+}
+
+/** Splits a rule spec on spaces, keeping quoted comments together. */
+export function splitRule(spec: string): string[] {
+  return [...spec.matchAll(/"([^"]*)"|(\S+)/g)].map((m) => m[1] ?? m[2]!);
+}

@@ -1,0 +1,158 @@
+// The proxy model as iptables rules, per family, in chains of our own (prefix XB-).
+// Pure text; the applier decides which chains to (re)write. Every chain starts with a
+// no-op rule carrying a hash of its content, so after a restart the applier can tell
+// from `iptables-save` which chains are already right and leave them (and their
+// counters) alone.
+import { createHash } from 'node:crypto';
+import type { ModelEndpoint, ProxyModel, ServicePortModel } from '../model.ts';
+
+export const MASQ_MARK = '0x10000';
+export const CHAIN_PREFIX = 'XB-';
+export const TOP = {
+  services: 'XB-SERVICES',
+  nodePorts: 'XB-NODEPORTS',
+  postrouting: 'XB-POSTROUTING',
+  markMasq: 'XB-MARK-MASQ',
+  filterServices: 'XB-SERVICES-FILTER',
+  filterExternal: 'XB-EXTERNAL-FILTER',
+} as const;
+
+export type Table = 'nat' | 'filter';
+
+/** A chain's rules, without the "-A CHAIN" prefix. */
+export interface Chain {
+  table: Table;
+  name: string;
+  rules: string[];
+  hash: string;
+}
+
+/** Jumps from the built-in chains into ours: [table, built-in chain, rule spec]. */
+export const HOOKS: [Table, string, string][] = [
+  ['nat', 'PREROUTING', `-m comment --comment "extbackend service portals" -j ${TOP.services}`],
+  ['nat', 'OUTPUT', `-m comment --comment "extbackend service portals" -j ${TOP.services}`],
+  ['nat', 'POSTROUTING', `-m comment --comment "extbackend postrouting" -j ${TOP.postrouting}`],
+  ['filter', 'INPUT', `-m conntrack --ctstate NEW -m comment --comment "extbackend external services" -j ${TOP.filterExternal}`],
+  ['filter', 'FORWARD', `-m conntrack --ctstate NEW -m comment --comment "extbackend services" -j ${TOP.filterServices}`],
+  ['filter', 'FORWARD', `-m conntrack --ctstate NEW -m comment --comment "extbackend external services" -j ${TOP.filterExternal}`],
+  ['filter', 'OUTPUT', `-m conntrack --ctstate NEW -m comment --comment "extbackend services" -j ${TOP.filterServices}`],
+];
+
+function hashName(prefix: string, ...parts: string[]): string {
+  const h = createHash('sha256').update(parts.join('|')).digest('base64url').replace(/[-_]/g, 'x').slice(0, 16).toUpperCase();
+  return `${prefix}${h}`;
+}
+
+export const svcChain = (p: ServicePortModel): string => hashName('XB-SVC-', p.id);
+export const extChain = (p: ServicePortModel): string => hashName('XB-EXT-', p.id);
+export const sepChain = (p: ServicePortModel, e: ModelEndpoint): string => hashName('XB-SEP-', p.id, `${e.ip}:${e.port}`);
+
+const host = (ip: string, family: 4 | 6): string => `${ip}/${family === 4 ? 32 : 128}`;
+const endpointAddr = (e: ModelEndpoint, family: 4 | 6): string => (family === 4 ? `${e.ip}:${e.port}` : `[${e.ip}]:${e.port}`);
+const comment = (text: string): string => `-m comment --comment "${text.replace(/"/g, '')}"`;
+const match = (p: ServicePortModel, port: number): string => `-p ${p.protocol} -m ${p.protocol} --dport ${port}`;
+
+/** Probability rules for weighted random choice: rule i takes w_i / (w_i + ... + w_n) of what reaches it. */
+function balance(p: ServicePortModel, endpoints: ModelEndpoint[]): string[] {
+  const rules: string[] = [];
+  let remaining = endpoints.reduce((n, e) => n + e.weight, 0);
+  endpoints.forEach((e, i) => {
+    const target = `-j ${sepChain(p, e)}`;
+    if (i === endpoints.length - 1) rules.push(`${comment(`${p.id} -> ${endpointAddr(e, p.family)}`)} ${target}`);
+    else rules.push(`${comment(`${p.id} -> ${endpointAddr(e, p.family)}`)} -m statistic --mode random --probability ${(e.weight / remaining).toFixed(10)} ${target}`);
+    remaining -= e.weight;
+  });
+  return rules;
+}
+
+/** With ClientIP affinity, a client seen recently goes back to the same endpoint. */
+function affinity(p: ServicePortModel, endpoints: ModelEndpoint[]): string[] {
+  if (!p.affinitySeconds) return [];
+  return endpoints.map((e) => `${comment(`${p.id} -> ${endpointAddr(e, p.family)}`)} -m recent --name ${sepChain(p, e)} --mask ${p.family === 4 ? '255.255.255.255' : 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff'} --rsource --rcheck --seconds ${p.affinitySeconds} --reap -j ${sepChain(p, e)}`);
+}
+
+export interface RenderOptions {
+  /** NodePorts only on these CIDRs (--nodeport-addresses); every local address when empty. */
+  nodePortCIDRs: string[];
+}
+
+export function renderIptables(model: ProxyModel, family: 4 | 6, options: RenderOptions): Chain[] {
+  const nat = new Map<string, string[]>();
+  const filter = new Map<string, string[]>();
+  const add = (m: Map<string, string[]>, chain: string, rule: string): void => void m.set(chain, [...(m.get(chain) ?? []), rule]);
+  for (const name of [TOP.services, TOP.nodePorts, TOP.postrouting, TOP.markMasq]) nat.set(name, []);
+  for (const name of [TOP.filterServices, TOP.filterExternal]) filter.set(name, []);
+
+  add(nat, TOP.markMasq, `-j MARK --or-mark ${MASQ_MARK}`);
+  add(nat, TOP.postrouting, `-m mark ! --mark ${MASQ_MARK}/${MASQ_MARK} -j RETURN`);
+  add(nat, TOP.postrouting, `-j MARK --xor-mark ${MASQ_MARK}`);
+  add(nat, TOP.postrouting, `${comment('extbackend: outside hosts cannot route replies to pod or client addresses')} -j MASQUERADE`);
+
+  const sepDone = new Set<string>();
+  const ensureSep = (p: ServicePortModel, e: ModelEndpoint): void => {
+    const name = sepChain(p, e);
+    if (sepDone.has(name)) return;
+    sepDone.add(name);
+    const rules: string[] = [];
+    if (p.affinitySeconds) rules.push(`${comment(p.id)} -m recent --name ${name} --mask ${p.family === 4 ? '255.255.255.255' : 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff'} --rsource --set`);
+    rules.push(`${comment(p.id)} -p ${p.protocol} -m ${p.protocol} -j DNAT --to-destination ${endpointAddr(e, p.family)}`);
+    nat.set(name, rules);
+  };
+
+  for (const p of model.ports.filter((x) => x.family === family)) {
+    const c = comment(p.id);
+    // Cluster traffic: always masqueraded, since outside hosts cannot reach pod IPs.
+    if (p.clusterEndpoints.length) {
+      const svc = svcChain(p);
+      nat.set(svc, [`-j ${TOP.markMasq}`, ...affinity(p, p.clusterEndpoints), ...balance(p, p.clusterEndpoints)]);
+      p.clusterEndpoints.forEach((e) => ensureSep(p, e));
+      for (const vip of p.clusterIPs) add(nat, TOP.services, `-d ${host(vip, family)} ${c} ${match(p, p.port)} -j ${svc}`);
+    } else {
+      for (const vip of p.clusterIPs) add(filter, TOP.filterServices, `-d ${host(vip, family)} ${comment(`${p.id} has no endpoints`)} ${match(p, p.port)} -j REJECT`);
+    }
+    // External traffic: NodePort, load-balancer and allowed external IPs.
+    const externals = p.externalIPs.length > 0 || p.nodePort !== undefined;
+    if (!externals) continue;
+    if (p.externalEndpoints.length) {
+      const ext = extChain(p);
+      nat.set(ext, [...(p.externalLocal ? [] : [`-j ${TOP.markMasq}`]), ...affinity(p, p.externalEndpoints), ...balance(p, p.externalEndpoints)]);
+      p.externalEndpoints.forEach((e) => ensureSep(p, e));
+      for (const ip of p.externalIPs) add(nat, TOP.services, `-d ${host(ip, family)} ${c} ${match(p, p.port)} -j ${ext}`);
+      if (p.nodePort) add(nat, TOP.nodePorts, `${c} ${match(p, p.nodePort)} -j ${ext}`);
+    } else {
+      const why = comment(`${p.id} has no ${p.externalLocal ? 'local ' : ''}endpoints`);
+      for (const ip of p.externalIPs) add(filter, TOP.filterServices, `-d ${host(ip, family)} ${why} ${match(p, p.port)} -j REJECT`);
+      if (p.nodePort) add(filter, TOP.filterExternal, `-m addrtype --dst-type LOCAL ${why} ${match(p, p.nodePort)} -j REJECT`);
+    }
+  }
+  // NodePorts last: only after no cluster IP matched, and only for local destinations.
+  const cidrs = options.nodePortCIDRs.filter((c) => c.includes(':') === (family === 6));
+  if (cidrs.length) for (const cidr of cidrs) add(nat, TOP.services, `-d ${cidr} -m addrtype --dst-type LOCAL -j ${TOP.nodePorts}`);
+  else add(nat, TOP.services, `-m addrtype --dst-type LOCAL -j ${TOP.nodePorts}`);
+
+  const chains: Chain[] = [];
+  for (const [table, m] of [['nat', nat], ['filter', filter]] as const) {
+    for (const [name, rules] of m) {
+      const hash = createHash('sha256').update(rules.join('\n')).digest('hex').slice(0, 16);
+      chains.push({ table, name, rules: [`-m comment --comment "xb-hash:${hash}"`, ...rules], hash });
+    }
+  }
+  return chains;
+}
+
+/** iptables-restore input that (re)writes `write` and deletes `remove`, leaving every other chain as it is. */
+export function restoreInput(write: Chain[], remove: { table: Table; name: string }[]): string {
+  const out: string[] = [];
+  for (const table of ['nat', 'filter'] as const) {
+    const w = write.filter((c) => c.table === table);
+    const r = remove.filter((c) => c.table === table);
+    if (!w.length && !r.length) continue;
+    out.push(`*${table}`);
+    // Declaring a chain creates it, or flushes it when it exists (with --noflush, only these).
+    for (const c of [...w, ...r]) out.push(`:${c.name} - [0:0]`);
+    for (const c of w) for (const rule of c.rules) out.push(`-A ${c.name} ${rule}`);
+    for (const c of r) out.push(`-X ${c.name}`);
+    out.push('COMMIT');
+  }
+  return out.length ? `${out.join('\n')}\n` : '';
+}

@@ -1,0 +1,46 @@
+// `extbackend agent`: flags to AgentOptions; --cleanup removes everything and exits.
+import { cleanupAgent, startAgent, type ProxyMode } from '../agent/agent.ts';
+import { logger } from '../log.ts';
+import { KubeClient } from '../runtime/kube-client.ts';
+import { UsageError, boolFlag, durationFlag, listFlag, stringFlag, type FlagSpecs, type ParsedArgs } from './args.ts';
+import { untilSignal } from './signals.ts';
+
+export const agentFlags: FlagSpecs = {
+  'node-name': { type: 'string', help: 'this node\'s name (default: $NODE_NAME)' },
+  'proxy-mode': { type: 'string', help: 'iptables (nftables and ipvs are not implemented yet)', default: 'iptables' },
+  'nodeport-addresses': { type: 'list', help: 'CIDRs NodePorts answer on (default: every local address)' },
+  'external-ip-cidrs': { type: 'list', help: 'Service externalIPs are honoured only inside these CIDRs (default: none)' },
+  'sync-period': { type: 'string', help: 'full resync interval', default: '30s' },
+  'min-sync-period': { type: 'string', help: 'least time between syncs (bursts of changes collapse)', default: '1s' },
+  'http-address': { type: 'string', help: 'where /healthz, /livez, /readyz and /metrics listen', default: ':10266' },
+  cleanup: { type: 'boolean', help: 'remove every rule and chain the agent created, then exit' },
+};
+
+export async function agentCommand(args: ParsedArgs): Promise<void> {
+  const log = logger('agent');
+  if (boolFlag(args, 'cleanup')) return cleanupAgent(log);
+  const nodeName = stringFlag(args, 'node-name') ?? process.env.NODE_NAME;
+  if (!nodeName) throw new UsageError('agent: --node-name (or $NODE_NAME) is required');
+  const mode = stringFlag(args, 'proxy-mode') as ProxyMode;
+  if (!['iptables', 'nftables', 'ipvs'].includes(mode)) throw new UsageError(`--proxy-mode must be iptables, nftables or ipvs, got "${mode}"`);
+  const client = await KubeClient.fromEnvironment(stringFlag(args, 'kubeconfig'));
+  const abort = new AbortController();
+  void untilSignal().then((sig) => {
+    log.info('shutting down; the rules stay in place', { signal: sig });
+    abort.abort();
+  });
+  const agent = await startAgent({
+    client,
+    log,
+    nodeName,
+    mode,
+    nodePortCIDRs: listFlag(args, 'nodeport-addresses'),
+    externalIPCIDRs: listFlag(args, 'external-ip-cidrs'),
+    syncPeriodMs: durationFlag(args, 'sync-period') ?? 30_000,
+    minSyncPeriodMs: durationFlag(args, 'min-sync-period') ?? 1_000,
+    httpAddress: stringFlag(args, 'http-address'),
+    signal: abort.signal,
+  });
+  await agent.done;
+  await client.close();
+}
