@@ -7,6 +7,7 @@ import http from 'node:http';
 import { promisify } from 'node:util';
 import type { Logger } from '../log.ts';
 import { cidrContains, parseCidr, parseIP } from '../net/ip.ts';
+import { systemCommand } from '../net/system-command.ts';
 import { PROXY_NAME, PROXY_NAME_LABEL } from '../operator/types.ts';
 import { startHealthServer } from '../runtime/http-server.ts';
 import { Informer } from '../runtime/informer.ts';
@@ -56,7 +57,7 @@ async function clearStaleUdp(before: ProxyModel, after: ProxyModel, log: Logger)
     const keep = now.get(p.id) ?? new Set<string>();
     for (const ip of new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))) {
       if (keep.has(ip)) continue;
-      await run('conntrack', ['-D', '-p', 'udp', '--dst-nat', ip, ...(p.family === 6 ? ['-f', 'ipv6'] : [])]).catch((err: Error & { code?: number | string }) => {
+      await run(systemCommand('conntrack'), ['-D', '-p', 'udp', '--dst-nat', ip, ...(p.family === 6 ? ['-f', 'ipv6'] : [])]).catch((err: Error & { code?: number | string }) => {
         // Exit code 1 means "no entries": nothing to delete.
         if (err.code !== 1) log.warn('conntrack cleanup failed', { endpoint: ip, error: err.message });
       });

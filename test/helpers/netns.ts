@@ -6,12 +6,13 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { ExecutionContext } from 'ava';
+import { systemCommand } from '../../src/net/system-command.ts';
 
 const run = promisify(execFile);
 
 export async function ip(...args: string[]): Promise<string> {
   try {
-    return (await run('ip', args)).stdout;
+    return (await run(systemCommand('ip'), args)).stdout;
   } catch (err) {
     const e = err as { stderr?: string; message: string; code?: string };
     if (e.code === 'ENOENT') throw new Error('the `ip` command (iproute2) is needed for network-namespace tests');

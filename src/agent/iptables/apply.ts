@@ -4,6 +4,7 @@
 // XB-) is touched. The kernel is the source of truth: a full sync re-reads it.
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
+import { systemCommand } from '../../net/system-command.ts';
 import { CHAIN_PREFIX, HOOKS, restoreInput, type Chain, type Table } from './render.ts';
 
 const run = promisify(execFile);
@@ -15,9 +16,8 @@ export interface IptablesCommands {
 }
 
 export function commandsFor(family: 4 | 6): IptablesCommands {
-  return family === 4
-    ? { save: 'iptables-save', restore: 'iptables-restore', iptables: 'iptables' }
-    : { save: 'ip6tables-save', restore: 'ip6tables-restore', iptables: 'ip6tables' };
+  const v = family === 4 ? '' : '6';
+  return { save: systemCommand(`ip${v}tables-save`), restore: systemCommand(`ip${v}tables-restore`), iptables: systemCommand(`ip${v}tables`) };
 }
 
 /** Our chains in the kernel now, with the content hash each was written with. */

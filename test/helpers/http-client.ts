@@ -1,0 +1,62 @@
+// A test client, run inside a network namespace: makes HTTP requests (one new
+// connection each) and prints JSON: how many answers came from each identity,
+// failures with their errors, and connect times.
+//   node http-client.ts --url http://10.96.0.10:80/ --count 200 [--interval-ms 0] [--timeout-ms 2000] [--duration-ms N]
+import http from 'node:http';
+import { parseArgs } from 'node:util';
+
+const { values } = parseArgs({
+  options: {
+    url: { type: 'string' },
+    count: { type: 'string', default: '100' },
+    'interval-ms': { type: 'string', default: '0' },
+    'timeout-ms': { type: 'string', default: '2000' },
+    'duration-ms': { type: 'string' },
+  },
+});
+const url = values.url!;
+const interval = Number(values['interval-ms']);
+const timeout = Number(values['timeout-ms']);
+const until = values['duration-ms'] ? Date.now() + Number(values['duration-ms']) : undefined;
+const count = until ? Infinity : Number(values.count);
+
+const answers: Record<string, number> = {};
+const errors: Record<string, number> = {};
+const failMs: number[] = [];
+let failures = 0;
+let done = 0;
+
+function once(): Promise<void> {
+  const started = performance.now();
+  return new Promise((resolve) => {
+    const req = http.get(url, { agent: false, timeout }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => {
+        const id = body.trim();
+        answers[id] = (answers[id] ?? 0) + 1;
+        resolve();
+      });
+    });
+    const fail = (why: string): void => {
+      failures++;
+      errors[why] = (errors[why] ?? 0) + 1;
+      failMs.push(Math.round(performance.now() - started));
+      resolve();
+    };
+    req.on('timeout', () => {
+      req.destroy();
+      fail('timeout');
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ECONNRESET' || !req.destroyed) fail(err.code ?? err.message);
+    });
+  });
+}
+
+while (done < count && (!until || Date.now() < until)) {
+  await once();
+  done++;
+  if (interval) await new Promise((r) => setTimeout(r, interval));
+}
+process.stdout.write(JSON.stringify({ requests: done, answers, failures, errors, failMs }) + '\n');
