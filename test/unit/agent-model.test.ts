@@ -1,0 +1,120 @@
+// The agent's policy decisions, checked by walking the rendered iptables rules for a packet.
+import test from 'ava';
+import { parseSaved } from '../../src/agent/iptables/apply.ts';
+import { renderIptables } from '../../src/agent/iptables/render.ts';
+import { applyTopologyKeys, buildProxyModel, usableEndpoints, type NodeInput, type ServiceInput, type SliceInput } from '../../src/agent/model.ts';
+import { trace, verdicts, type Packet } from '../helpers/iptables-tracer.ts';
+
+const nodeA: NodeInput = { name: 'node-a', labels: { 'topology.kubernetes.io/zone': 'zone-a', rack: 'r1' }, nodePortAddresses: [] };
+const nodeB: NodeInput = { name: 'node-b', labels: { 'topology.kubernetes.io/zone': 'zone-b' }, nodePortAddresses: [] };
+
+function service(spec: ServiceInput['spec'], annotations: Record<string, string> = {}): ServiceInput {
+  return { metadata: { name: 'web', namespace: 'ns', annotations }, spec: { clusterIP: '10.96.0.10', ports: [{ name: 'http', port: 80, protocol: 'TCP' }], ...spec } };
+}
+
+type Ep = { ip: string; ready?: boolean; serving?: boolean; terminating?: boolean; nodeName?: string; zone?: string };
+
+function slice(endpoints: Ep[], topology: Record<string, unknown> = {}): SliceInput {
+  return {
+    metadata: { name: 'web-1', namespace: 'ns', labels: { 'kubernetes.io/service-name': 'web' }, annotations: { 'extbackend.io/endpoint-topology': JSON.stringify(topology) } },
+    addressType: 'IPv4',
+    ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+    endpoints: endpoints.map((e) => ({
+      addresses: [e.ip],
+      conditions: { ready: e.ready ?? true, serving: e.serving ?? e.ready ?? true, terminating: e.terminating ?? false },
+      ...(e.nodeName ? { nodeName: e.nodeName } : {}),
+      ...(e.zone ? { zone: e.zone } : {}),
+    })),
+  };
+}
+
+function run(svc: ServiceInput, slices: SliceInput[], node: NodeInput, packet: Packet, allowExternal = false) {
+  const model = buildProxyModel([svc], slices, node, { externalIPAllowed: () => allowExternal });
+  return trace(renderIptables(model, 4, { nodePortCIDRs: [] }), packet);
+}
+
+const toVip: Packet = { dst: '10.96.0.10', protocol: 'tcp', dport: 80 };
+const three = [
+  { ip: '198.18.0.1', nodeName: 'node-a', zone: 'zone-a' },
+  { ip: '198.18.0.2', zone: 'zone-a' },
+  { ip: '198.18.0.3', zone: 'zone-b' },
+];
+
+test('cluster IP: weighted spread over ready endpoints, masqueraded', (t) => {
+  const out = run(service({}), [slice(three, { '198.18.0.3': { weight: 2 } })], nodeA, toVip);
+  t.deepEqual(verdicts(out), { '198.18.0.1:8080': 0.25, '198.18.0.2:8080': 0.25, '198.18.0.3:8080': 0.5 });
+  t.true(out.every((o) => o.masquerade), 'outside hosts cannot route to pod IPs');
+});
+
+test('no ready endpoints: serving+terminating ones, else reject', (t) => {
+  const draining = [{ ip: '198.18.0.1', ready: false }, { ip: '198.18.0.2', ready: false, serving: true, terminating: true }];
+  t.deepEqual(verdicts(run(service({}), [slice(draining)], nodeA, toVip)), { '198.18.0.2:8080': 1 });
+  t.deepEqual(verdicts(run(service({}), [slice([{ ip: '198.18.0.1', ready: false }])], nodeA, toVip)), { REJECT: 1 });
+  t.deepEqual(verdicts(run(service({}), [], nodeA, toVip)), { REJECT: 1 });
+});
+
+test('topologyKeys: hostname, then zone, then any; no match rejects', (t) => {
+  const keys = { 'extbackend.io/topology-keys': 'kubernetes.io/hostname,topology.kubernetes.io/zone,*' };
+  t.deepEqual(verdicts(run(service({}, keys), [slice(three)], nodeA, toVip)), { '198.18.0.1:8080': 1 });
+  t.deepEqual(verdicts(run(service({}, keys), [slice(three)], nodeB, toVip)), { '198.18.0.3:8080': 1 });
+  const onlyA = [three[0]!, three[1]!];
+  t.deepEqual(verdicts(run(service({}, keys), [slice(onlyA)], nodeB, toVip)), { '198.18.0.1:8080': 0.5, '198.18.0.2:8080': 0.5 }, '"*" catches the rest');
+  const strict = { 'extbackend.io/topology-keys': 'kubernetes.io/hostname,topology.kubernetes.io/zone' };
+  t.deepEqual(verdicts(run(service({}, strict), [slice(onlyA)], nodeB, toVip)), { REJECT: 1 });
+  const rack = { 'extbackend.io/topology-keys': 'rack' };
+  t.deepEqual(verdicts(run(service({}, rack), [slice(three, { '198.18.0.2': { topology: { rack: 'r1' } } })], nodeA, toVip)), { '198.18.0.2:8080': 1 }, 'free-form keys from the topology annotation');
+});
+
+test('NodePort: only to local destinations; externalTrafficPolicy Local keeps the source and uses local endpoints', (t) => {
+  const np = { type: 'NodePort', ports: [{ name: 'http', port: 80, protocol: 'TCP', nodePort: 30080 }] };
+  const toNodePort: Packet = { dst: '192.168.5.5', protocol: 'tcp', dport: 30080, dstLocal: true };
+  const cluster = run(service(np), [slice(three)], nodeA, toNodePort);
+  t.is(Object.keys(verdicts(cluster)).length, 3);
+  t.true(cluster.every((o) => o.masquerade));
+  t.deepEqual(verdicts(run(service(np), [slice(three)], nodeA, { ...toNodePort, dstLocal: false })), { ACCEPT: 1 }, 'not a local address: not ours');
+  const local = run(service({ ...np, externalTrafficPolicy: 'Local' }), [slice(three)], nodeA, toNodePort);
+  t.deepEqual(verdicts(local), { '198.18.0.1:8080': 1 });
+  t.false(local[0]!.masquerade, 'no SNAT for externalTrafficPolicy Local');
+  t.deepEqual(verdicts(run(service({ ...np, externalTrafficPolicy: 'Local' }), [slice(three)], nodeB, toNodePort)), { REJECT: 1 }, 'no local endpoint on node b');
+  t.deepEqual(Object.keys(verdicts(run(service({ ...np, externalTrafficPolicy: 'Local' }), [slice(three)], nodeB, toVip))).length, 3, 'cluster traffic still uses every endpoint');
+});
+
+test('internalTrafficPolicy Local: only this node\'s endpoints for cluster traffic', (t) => {
+  t.deepEqual(verdicts(run(service({ internalTrafficPolicy: 'Local' }), [slice(three)], nodeA, toVip)), { '198.18.0.1:8080': 1 });
+  t.deepEqual(verdicts(run(service({ internalTrafficPolicy: 'Local' }), [slice(three)], nodeB, toVip)), { REJECT: 1 });
+});
+
+test('session affinity: a recent-match rule per endpoint before the random choice', (t) => {
+  const model = buildProxyModel([service({ sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } })], [slice(three)], nodeA, { externalIPAllowed: () => false });
+  const rules = renderIptables(model, 4, { nodePortCIDRs: [] }).flatMap((c) => c.rules);
+  t.is(rules.filter((r) => r.includes('--rcheck --seconds 60')).length, 3);
+  t.is(rules.filter((r) => r.includes('--set')).length, 3);
+});
+
+test('externalIPs only when allowed; load-balancer IPs always', (t) => {
+  const svc = service({ externalIPs: ['203.0.113.7'] });
+  const pkt: Packet = { dst: '203.0.113.7', protocol: 'tcp', dport: 80 };
+  t.deepEqual(verdicts(run(svc, [slice(three)], nodeA, pkt, false)), { ACCEPT: 1 });
+  t.is(Object.keys(verdicts(run(svc, [slice(three)], nodeA, pkt, true))).length, 3);
+  const lb: ServiceInput = { ...service({ type: 'LoadBalancer', ports: [{ name: 'http', port: 80, protocol: 'TCP', nodePort: 30080 }] }), status: { loadBalancer: { ingress: [{ ip: '203.0.113.9' }] } } };
+  t.is(Object.keys(verdicts(run(lb, [slice(three)], nodeA, { ...pkt, dst: '203.0.113.9' }))).length, 3);
+});
+
+test('headless Services are not proxied; a port without a matching slice port rejects', (t) => {
+  const model = buildProxyModel([service({ clusterIP: 'None' })], [slice(three)], nodeA, { externalIPAllowed: () => false });
+  t.deepEqual(model.ports, []);
+  const other = service({ ports: [{ name: 'metrics', port: 9100, protocol: 'TCP' }] });
+  t.deepEqual(verdicts(run(other, [slice(three)], nodeA, { ...toVip, dport: 9100 })), { REJECT: 1 });
+});
+
+test('pure helpers: fallback order and topology keys', (t) => {
+  t.deepEqual(usableEndpoints([{ ready: false, serving: false, terminating: true }]), []);
+  t.deepEqual(applyTopologyKeys([{ topology: {} }], [], nodeA), [{ topology: {} }], 'no keys: everything');
+  t.deepEqual(applyTopologyKeys([{ topology: { 'topology.kubernetes.io/zone': 'zone-a' } }], ['topology.kubernetes.io/region'], nodeA), [], 'node lacks the label: no match');
+});
+
+test('iptables-save parsing finds our chains and their content hashes only', (t) => {
+  const saved = ['*nat', ':PREROUTING ACCEPT [0:0]', ':KUBE-SERVICES - [0:0]', ':XB-SERVICES - [0:0]', ':XB-SVC-ABC - [0:0]', '-A XB-SERVICES -m comment --comment "xb-hash:00ff"', '-A XB-SERVICES -j XB-SVC-ABC', '-A KUBE-SERVICES -m comment --comment "xb-hash:1234"', 'COMMIT'].join('\n');
+  t.deepEqual([...parseSaved(saved, 'nat')], [['XB-SERVICES', '00ff'], ['XB-SVC-ABC', undefined]]);
+  t.deepEqual([...parseSaved(saved, 'filter')], []);
+});
