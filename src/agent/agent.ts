@@ -15,6 +15,8 @@ import { resourcePath, type KubeClient } from '../runtime/kube-client.ts';
 import { Registry } from '../runtime/metrics.ts';
 import { IptablesApplier } from './iptables/apply.ts';
 import { renderIptables } from './iptables/render.ts';
+import { NftablesApplier } from './nftables/apply.ts';
+import { renderNftables } from './nftables/render.ts';
 import { buildProxyModel, type NodeInput, type ProxyModel, type ServiceInput, type SliceInput } from './model.ts';
 import { SyncRunner } from './sync-runner.ts';
 
@@ -50,29 +52,39 @@ export interface RunningAgent {
   done: Promise<void>;
 }
 
-/** UDP flows to endpoints that are gone would otherwise stick to them until they time out. */
-async function clearStaleUdp(before: ProxyModel, after: ProxyModel, log: Logger): Promise<void> {
+/**
+ * Conntrack entries towards endpoints that are gone. UDP flows would stick to them
+ * until they time out. For TCP only entries without a live connection (SYN_SENT,
+ * CLOSE, TIME_WAIT) are removed: the kernel re-uses such an entry, with its old NAT
+ * binding, when a client happens to re-use the source port.
+ */
+async function clearStaleConntrack(before: ProxyModel, after: ProxyModel, log: Logger): Promise<void> {
   const now = new Map(after.ports.map((p) => [p.id, new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))]));
-  for (const p of before.ports.filter((x) => x.protocol === 'udp')) {
+  const del = async (args: string[]): Promise<void> => {
+    await run(systemCommand('conntrack'), ['-D', ...args]).catch((err: Error & { code?: number | string }) => {
+      // Exit code 1 means "no entries": nothing to delete.
+      if (err.code !== 1) log.warn('conntrack cleanup failed', { args: args.join(' '), error: err.message });
+    });
+  };
+  for (const p of before.ports) {
     const keep = now.get(p.id) ?? new Set<string>();
     for (const ip of new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))) {
       if (keep.has(ip)) continue;
-      await run(systemCommand('conntrack'), ['-D', '-p', 'udp', '--dst-nat', ip, ...(p.family === 6 ? ['-f', 'ipv6'] : [])]).catch((err: Error & { code?: number | string }) => {
-        // Exit code 1 means "no entries": nothing to delete.
-        if (err.code !== 1) log.warn('conntrack cleanup failed', { endpoint: ip, error: err.message });
-      });
+      const family = p.family === 6 ? ['-f', 'ipv6'] : [];
+      if (p.protocol === 'udp') await del(['-p', 'udp', '--dst-nat', ip, ...family]);
+      else if (p.protocol === 'tcp') for (const state of ['SYN_SENT', 'CLOSE', 'TIME_WAIT']) await del(['-p', 'tcp', '--dst-nat', ip, '--state', state, ...family]);
     }
   }
 }
 
 export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
-  if (o.mode !== 'iptables') throw new Error(`--proxy-mode ${o.mode} is not implemented yet; use iptables`);
+  if (o.mode === 'ipvs') throw new Error('--proxy-mode ipvs is not implemented yet; use iptables or nftables');
   const { client, log } = o;
   const metrics = new Registry();
   const syncs = metrics.histogram('extbackend_agent_sync_duration_seconds', 'Time one sync of the rules took, full or partial.');
   const syncErrors = metrics.counter('extbackend_agent_sync_errors_total', 'Syncs that failed (retried with backoff, then fully).');
   const chainsWritten = metrics.counter('extbackend_agent_chains_written_total', 'Chains (re)written by syncs.');
-  const ruleCount = metrics.gauge('extbackend_agent_rules', 'Rules we own, by family.');
+  const ruleCount = metrics.gauge('extbackend_agent_rules', 'Rules (and, for nftables, map elements) we own, by family.');
   const programming = metrics.histogram('extbackend_network_programming_duration_seconds', 'From a slice change (last-change-trigger-time) to rules in the kernel.', [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]);
   const servicePorts = metrics.gauge('extbackend_agent_service_ports', 'Service ports programmed on this node.');
 
@@ -80,7 +92,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const slices = new Informer<SliceObj>({ client, path: resourcePath({ group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices' }), log });
   const nodes = new Informer<NodeObject>({ client, path: resourcePath({ group: '', version: 'v1', plural: 'nodes' }), fieldSelector: `metadata.name=${o.nodeName}`, log });
   const externalCidrs = o.externalIPCIDRs.map((c) => parseCidr(c)).filter((c) => c !== undefined);
-  const appliers = { 4: new IptablesApplier(4), 6: new IptablesApplier(6) } as const;
+  const plane = dataPlane(o.mode, o.nodePortCIDRs);
   let lastModel: ProxyModel = { ports: [] };
   let pendingTriggers: number[] = [];
   const hcServers = new Map<number, http.Server>();
@@ -95,13 +107,14 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const model = buildProxyModel(services.list(), slices.list(), nodeInput(), {
       externalIPAllowed: (ip) => externalCidrs.some((c) => cidrContains(c, parseIP(ip)!)),
     });
+    let written = 0;
     for (const family of [4, 6] as const) {
-      const chains = renderIptables(model, family, { nodePortCIDRs: o.nodePortCIDRs });
-      const result = await appliers[family].apply(chains, full);
+      const result = await plane.sync(model, family, full);
+      written += result.written;
       chainsWritten.inc({ family: String(family) }, result.written);
-      ruleCount.set(chains.reduce((n, c) => n + c.rules.length, 0), { family: String(family) });
+      ruleCount.set(result.rules, { family: String(family) });
     }
-    await clearStaleUdp(lastModel, model, log);
+    await clearStaleConntrack(lastModel, model, log);
     lastModel = model;
     servicePorts.set(model.ports.length);
     await syncHealthCheckServers(model);
@@ -110,7 +123,9 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const now = Date.now();
     for (const t of pendingTriggers) programming.observe((now - t) / 1000);
     pendingTriggers = [];
-    log.debug('synced', { full, ports: model.ports.length, ms: Math.round(seconds * 1000) });
+    const fields = { full, ports: model.ports.length, chainsWritten: written, ms: Math.round(seconds * 1000) };
+    if (written) log.info('synced', fields);
+    else log.debug('synced', fields);
   };
 
   /** kube-proxy's healthCheckNodePort contract: 200 with local endpoints, 503 without. */
@@ -203,13 +218,41 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   return { metrics, firstSync, done };
 }
 
-/** `extbackend agent --cleanup`: removes every hook, chain and rule the agent created. */
+interface DataPlane {
+  /** Programs one family; returns chains written and the rules (and map elements) now owned. */
+  sync(model: ProxyModel, family: 4 | 6, full: boolean): Promise<{ written: number; rules: number }>;
+}
+
+function dataPlane(mode: ProxyMode, nodePortCIDRs: string[]): DataPlane {
+  if (mode === 'nftables') {
+    const appliers = { 4: new NftablesApplier('ip'), 6: new NftablesApplier('ip6') } as const;
+    return {
+      sync: async (model, family, full) => {
+        const state = renderNftables(model, family, { nodePortCIDRs });
+        const r = await appliers[family].apply(state, full);
+        const elements = Object.values(state.maps).reduce((n, m) => n + m.size, 0);
+        return { written: r.written, rules: state.chains.reduce((n, c) => n + c.rules.length, 0) + elements };
+      },
+    };
+  }
+  const appliers = { 4: new IptablesApplier(4), 6: new IptablesApplier(6) } as const;
+  return {
+    sync: async (model, family, full) => {
+      const chains = renderIptables(model, family, { nodePortCIDRs });
+      const r = await appliers[family].apply(chains, full);
+      return { written: r.written, rules: chains.reduce((n, c) => n + c.rules.length, 0) };
+    },
+  };
+}
+
+/** `extbackend agent --cleanup`: removes every hook, chain, table and rule the agent created, in any mode. */
 export async function cleanupAgent(log: Logger): Promise<void> {
   for (const family of [4, 6] as const) {
     const removed = await new IptablesApplier(family).cleanup().catch((err: Error) => {
       log.warn('iptables cleanup failed', { family, error: err.message });
       return 0;
     });
-    log.info('removed iptables hooks and chains', { family, removed });
+    const tables = await new NftablesApplier(family === 4 ? 'ip' : 'ip6').cleanup();
+    log.info('removed our iptables hooks and chains and our nftables table', { family, iptables: removed, nftablesTables: tables });
   }
 }

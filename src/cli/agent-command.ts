@@ -7,7 +7,7 @@ import { untilSignal } from './signals.ts';
 
 export const agentFlags: FlagSpecs = {
   'node-name': { type: 'string', help: 'this node\'s name (default: $NODE_NAME)' },
-  'proxy-mode': { type: 'string', help: 'iptables (nftables and ipvs are not implemented yet)', default: 'iptables' },
+  'proxy-mode': { type: 'string', help: 'iptables or nftables (ipvs is not implemented yet)', default: 'iptables' },
   'nodeport-addresses': { type: 'list', help: 'CIDRs NodePorts answer on (default: every local address)' },
   'external-ip-cidrs': { type: 'list', help: 'Service externalIPs are honoured only inside these CIDRs (default: none)' },
   'sync-period': { type: 'string', help: 'full resync interval', default: '30s' },

@@ -34,7 +34,7 @@ process.on('SIGUSR1', () => {
 const handler: http.RequestListener = (_req, res) => {
   requests++;
   const status = flap && requests % 2 === 1 ? 500 : 200;
-  res.writeHead(status, { 'content-type': 'text/plain', connection: 'close' }).end(`${identity}\n`);
+  res.writeHead(status, { 'content-type': 'text/plain' }).end(`${identity}\n`);
 };
 
 switch (values.kind) {

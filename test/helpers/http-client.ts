@@ -28,17 +28,24 @@ let done = 0;
 
 function once(): Promise<void> {
   const started = performance.now();
+  let settled = false;
   return new Promise((resolve) => {
-    const req = http.get(url, { agent: false, timeout }, (res) => {
+    // The client closes first (the server keeps the connection open), so TIME_WAIT
+    // stays on the client's side and a re-used 4-tuple never meets a server in TIME_WAIT.
+    const req = http.get(url, { agent: false, timeout, headers: { connection: 'keep-alive' } }, (res) => {
       let body = '';
       res.on('data', (d: Buffer) => (body += d.toString()));
       res.on('end', () => {
         const id = body.trim();
         answers[id] = (answers[id] ?? 0) + 1;
+        settled = true;
+        req.destroy();
         resolve();
       });
     });
     const fail = (why: string): void => {
+      if (settled) return;
+      settled = true;
       failures++;
       errors[why] = (errors[why] ?? 0) + 1;
       failMs.push(Math.round(performance.now() - started));
@@ -48,9 +55,7 @@ function once(): Promise<void> {
       req.destroy();
       fail('timeout');
     });
-    req.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ECONNRESET' || !req.destroyed) fail(err.code ?? err.message);
-    });
+    req.on('error', (err: NodeJS.ErrnoException) => fail(err.code ?? err.message));
   });
 }
 

@@ -65,6 +65,7 @@ export class IptablesApplier {
       child.stderr.on('data', (d: Buffer) => (err += d.toString()));
       child.on('error', reject);
       child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${command} ${args.join(' ')} failed (${code}): ${err.trim()}`))));
+      child.stdin.on('error', () => undefined); // an early failure closes stdin: the exit code says why
       child.stdin.end(input);
     });
   }

@@ -1,0 +1,141 @@
+// The proxy model as an nftables table of our own per family (`ip extbackend`,
+// `ip6 extbackend`). Service lookup goes through verdict maps (VIP . protocol . port
+// -> goto the service's chain), so its cost does not grow with the number of
+// Services; balancing uses numgen over weight ranges; ClientIP affinity uses dynamic
+// sets with timeouts. Pure: the applier decides what to send to `nft -f`.
+import { createHash } from 'node:crypto';
+import type { ModelEndpoint, ProxyModel, ServicePortModel } from '../model.ts';
+
+export const TABLE = 'extbackend';
+export const MASQ_MARK = '0x00010000';
+
+export interface NftChain {
+  name: string;
+  /** For base chains: "type nat hook prerouting priority dstnat;" */
+  base?: string;
+  rules: string[];
+  hash: string;
+}
+
+export interface NftSet {
+  name: string;
+  definition: string; // e.g. "type ipv4_addr; flags dynamic,timeout; timeout 60s;"
+}
+
+export interface NftState {
+  family: 'ip' | 'ip6';
+  chains: NftChain[];
+  sets: NftSet[];
+  /** Verdict-map name -> element text -> verdict ("goto svc-..."). */
+  maps: Record<MapName, Map<string, string>>;
+}
+
+export const MAPS = {
+  serviceIPs: 'service-ips',
+  nodePorts: 'service-nodeports',
+  noEndpointIPs: 'no-endpoint-services',
+  noEndpointNodePorts: 'no-endpoint-nodeports',
+} as const;
+export type MapName = (typeof MAPS)[keyof typeof MAPS];
+
+export function mapDefinitions(family: 'ip' | 'ip6'): Record<MapName, string> {
+  const addr = family === 'ip' ? 'ipv4_addr' : 'ipv6_addr';
+  return {
+    'service-ips': `type ${addr} . inet_proto . inet_service : verdict;`,
+    'service-nodeports': 'type inet_proto . inet_service : verdict;',
+    'no-endpoint-services': `type ${addr} . inet_proto . inet_service : verdict;`,
+    'no-endpoint-nodeports': 'type inet_proto . inet_service : verdict;',
+  };
+}
+
+function hashed(prefix: string, ...parts: string[]): string {
+  return `${prefix}${createHash('sha256').update(parts.join('|')).digest('hex').slice(0, 16)}`;
+}
+
+export const svcChain = (p: ServicePortModel): string => hashed('svc-', p.id);
+export const extChain = (p: ServicePortModel): string => hashed('ext-', p.id);
+export const sepChain = (p: ServicePortModel, e: ModelEndpoint): string => hashed('sep-', p.id, `${e.ip}:${e.port}`);
+export const affinitySet = (p: ServicePortModel, e: ModelEndpoint): string => hashed('aff-', p.id, `${e.ip}:${e.port}`);
+
+function chain(name: string, rules: string[], base?: string): NftChain {
+  const hash = createHash('sha256').update(`${base ?? ''}\n${rules.join('\n')}`).digest('hex').slice(0, 16);
+  return { name, rules, hash, ...(base ? { base } : {}) };
+}
+
+/** numgen over the sum of weights, each endpoint owning a range as wide as its weight. */
+function balance(p: ServicePortModel, endpoints: ModelEndpoint[]): string {
+  const total = endpoints.reduce((n, e) => n + e.weight, 0);
+  if (endpoints.length === 1) return `goto ${sepChain(p, endpoints[0]!)}`;
+  let start = 0;
+  const ranges = endpoints.map((e) => {
+    const r = e.weight === 1 ? `${start}` : `${start}-${start + e.weight - 1}`;
+    start += e.weight;
+    return `${r} : goto ${sepChain(p, e)}`;
+  });
+  return `numgen random mod ${total} vmap { ${ranges.join(', ')} }`;
+}
+
+export function renderNftables(model: ProxyModel, family: 4 | 6, options: { nodePortCIDRs: string[] }): NftState {
+  const nf = family === 4 ? 'ip' : 'ip6';
+  const maps: NftState['maps'] = { 'service-ips': new Map(), 'service-nodeports': new Map(), 'no-endpoint-services': new Map(), 'no-endpoint-nodeports': new Map() };
+  const chains: NftChain[] = [];
+  const sets: NftSet[] = [];
+  const seps = new Set<string>();
+  const cidrs = options.nodePortCIDRs.filter((c) => c.includes(':') === (family === 6));
+  const local = cidrs.length ? `${nf} daddr { ${cidrs.join(', ')} } fib daddr type local` : 'fib daddr type local';
+
+  chains.push(chain('nat-prerouting', ['jump services'], 'type nat hook prerouting priority dstnat;'));
+  chains.push(chain('nat-output', ['jump services'], 'type nat hook output priority -100;'));
+  chains.push(chain('nat-postrouting', ['jump masquerading'], 'type nat hook postrouting priority srcnat;'));
+  chains.push(chain('filter-input', ['ct state new jump external-filter'], 'type filter hook input priority filter;'));
+  chains.push(chain('filter-forward', ['ct state new jump services-filter', 'ct state new jump external-filter'], 'type filter hook forward priority filter;'));
+  chains.push(chain('filter-output', ['ct state new jump services-filter'], 'type filter hook output priority filter;'));
+  chains.push(chain('services', [`${nf} daddr . meta l4proto . th dport vmap @${MAPS.serviceIPs}`, `${local} meta l4proto . th dport vmap @${MAPS.nodePorts}`]));
+  chains.push(chain('services-filter', [`${nf} daddr . meta l4proto . th dport vmap @${MAPS.noEndpointIPs}`]));
+  chains.push(chain('external-filter', [`${local} meta l4proto . th dport vmap @${MAPS.noEndpointNodePorts}`]));
+  chains.push(chain('reject-chain', ['reject']));
+  chains.push(chain('mark-for-masquerade', [`meta mark set meta mark | ${MASQ_MARK}`]));
+  chains.push(chain('masquerading', [`meta mark & ${MASQ_MARK} == 0 return`, `meta mark set meta mark ^ ${MASQ_MARK}`, 'masquerade fully-random']));
+
+  const ensureSep = (p: ServicePortModel, e: ModelEndpoint): void => {
+    const name = sepChain(p, e);
+    if (seps.has(name)) return;
+    seps.add(name);
+    const addr = family === 4 ? `${e.ip}:${e.port}` : `[${e.ip}]:${e.port}`;
+    const rules: string[] = [];
+    if (p.affinitySeconds) {
+      const set = affinitySet(p, e);
+      sets.push({ name: set, definition: `type ${family === 4 ? 'ipv4_addr' : 'ipv6_addr'}; flags dynamic,timeout; timeout ${p.affinitySeconds}s;` });
+      rules.push(`update @${set} { ${nf} saddr }`);
+    }
+    rules.push(`meta l4proto ${p.protocol} counter dnat to ${addr}`);
+    chains.push(chain(name, rules));
+  };
+  const lbRules = (p: ServicePortModel, endpoints: ModelEndpoint[], masquerade: boolean): string[] => [
+    ...(masquerade ? ['jump mark-for-masquerade'] : []),
+    ...(p.affinitySeconds ? endpoints.map((e) => `${nf} saddr @${affinitySet(p, e)} goto ${sepChain(p, e)}`) : []),
+    `counter ${balance(p, endpoints)}`,
+  ];
+
+  for (const p of model.ports.filter((x) => x.family === family)) {
+    const key = (ip: string, port: number): string => `${ip} . ${p.protocol} . ${port}`;
+    if (p.clusterEndpoints.length) {
+      chains.push(chain(svcChain(p), lbRules(p, p.clusterEndpoints, true)));
+      p.clusterEndpoints.forEach((e) => ensureSep(p, e));
+      for (const vip of p.clusterIPs) maps['service-ips'].set(key(vip, p.port), `goto ${svcChain(p)}`);
+    } else {
+      for (const vip of p.clusterIPs) maps['no-endpoint-services'].set(key(vip, p.port), 'goto reject-chain');
+    }
+    if (!p.externalIPs.length && p.nodePort === undefined) continue;
+    if (p.externalEndpoints.length) {
+      chains.push(chain(extChain(p), lbRules(p, p.externalEndpoints, !p.externalLocal)));
+      p.externalEndpoints.forEach((e) => ensureSep(p, e));
+      for (const ip of p.externalIPs) maps['service-ips'].set(key(ip, p.port), `goto ${extChain(p)}`);
+      if (p.nodePort) maps['service-nodeports'].set(`${p.protocol} . ${p.nodePort}`, `goto ${extChain(p)}`);
+    } else {
+      for (const ip of p.externalIPs) maps['no-endpoint-services'].set(key(ip, p.port), 'goto reject-chain');
+      if (p.nodePort) maps['no-endpoint-nodeports'].set(`${p.protocol} . ${p.nodePort}`, 'goto reject-chain');
+    }
+  }
+  return { family: nf, chains, sets, maps };
+}
