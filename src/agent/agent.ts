@@ -108,9 +108,11 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       externalIPAllowed: (ip) => externalCidrs.some((c) => cidrContains(c, parseIP(ip)!)),
     });
     let written = 0;
+    const names: string[] = [];
     for (const family of [4, 6] as const) {
       const result = await plane.sync(model, family, full);
       written += result.written;
+      names.push(...(result.names ?? []));
       chainsWritten.inc({ family: String(family) }, result.written);
       ruleCount.set(result.rules, { family: String(family) });
     }
@@ -123,7 +125,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const now = Date.now();
     for (const t of pendingTriggers) programming.observe((now - t) / 1000);
     pendingTriggers = [];
-    const fields = { full, ports: model.ports.length, chainsWritten: written, ms: Math.round(seconds * 1000) };
+    const fields = { full, ports: model.ports.length, chainsWritten: written, ms: Math.round(seconds * 1000), chains: names.slice(0, 6).join(' ') };
     if (written) log.info('synced', fields);
     else log.debug('synced', fields);
   };
@@ -220,7 +222,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
 
 interface DataPlane {
   /** Programs one family; returns chains written and the rules (and map elements) now owned. */
-  sync(model: ProxyModel, family: 4 | 6, full: boolean): Promise<{ written: number; rules: number }>;
+  sync(model: ProxyModel, family: 4 | 6, full: boolean): Promise<{ written: number; rules: number; names?: string[] }>;
 }
 
 function dataPlane(mode: ProxyMode, nodePortCIDRs: string[]): DataPlane {
@@ -231,7 +233,7 @@ function dataPlane(mode: ProxyMode, nodePortCIDRs: string[]): DataPlane {
         const state = renderNftables(model, family, { nodePortCIDRs });
         const r = await appliers[family].apply(state, full);
         const elements = Object.values(state.maps).reduce((n, m) => n + m.size, 0);
-        return { written: r.written, rules: state.chains.reduce((n, c) => n + c.rules.length, 0) + elements };
+        return { written: r.written, names: r.names, rules: state.chains.reduce((n, c) => n + c.rules.length, 0) + elements };
       },
     };
   }

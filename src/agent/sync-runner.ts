@@ -21,6 +21,7 @@ export class SyncRunner {
   private lastFull = 0;
   private failures = 0;
   private stopped = false;
+  private started = false;
   /** When the oldest unapplied change was requested (undefined when none waits). */
   pendingSince: number | undefined;
   lastSuccess: number | undefined;
@@ -29,7 +30,9 @@ export class SyncRunner {
     this.o = options;
   }
 
+  /** Nothing runs before this: requests made earlier (informers filling their caches) only mark work as pending. */
   start(): void {
+    this.started = true;
     this.schedule(0);
   }
 
@@ -42,7 +45,7 @@ export class SyncRunner {
   request(): void {
     this.pendingSince ??= Date.now();
     this.pending = true;
-    if (!this.running) this.schedule(Math.max(0, this.lastRun + this.o.minIntervalMs - Date.now()));
+    if (this.started && !this.running) this.schedule(Math.max(0, this.lastRun + this.o.minIntervalMs - Date.now()));
   }
 
   private schedule(delayMs: number): void {

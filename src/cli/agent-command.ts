@@ -7,7 +7,7 @@ import { untilSignal } from './signals.ts';
 
 export const agentFlags: FlagSpecs = {
   'node-name': { type: 'string', help: 'this node\'s name (default: $NODE_NAME)' },
-  'proxy-mode': { type: 'string', help: 'iptables or nftables (ipvs is not implemented yet)', default: 'iptables' },
+  'proxy-mode': { type: 'string', help: 'iptables (default) or nftables; also $EXTBACKEND_PROXY_MODE (ipvs is not implemented yet)' },
   'nodeport-addresses': { type: 'list', help: 'CIDRs NodePorts answer on (default: every local address)' },
   'external-ip-cidrs': { type: 'list', help: 'Service externalIPs are honoured only inside these CIDRs (default: none)' },
   'sync-period': { type: 'string', help: 'full resync interval', default: '30s' },
@@ -21,7 +21,7 @@ export async function agentCommand(args: ParsedArgs): Promise<void> {
   if (boolFlag(args, 'cleanup')) return cleanupAgent(log);
   const nodeName = stringFlag(args, 'node-name') ?? process.env.NODE_NAME;
   if (!nodeName) throw new UsageError('agent: --node-name (or $NODE_NAME) is required');
-  const mode = stringFlag(args, 'proxy-mode') as ProxyMode;
+  const mode = (stringFlag(args, 'proxy-mode') ?? process.env.EXTBACKEND_PROXY_MODE ?? 'iptables') as ProxyMode;
   if (!['iptables', 'nftables', 'ipvs'].includes(mode)) throw new UsageError(`--proxy-mode must be iptables, nftables or ipvs, got "${mode}"`);
   const client = await KubeClient.fromEnvironment(stringFlag(args, 'kubeconfig'));
   const abort = new AbortController();

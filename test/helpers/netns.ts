@@ -28,6 +28,8 @@ export interface BackendHost {
   ip: string;
   /** Starts a process inside the namespace; it is killed when the test ends. */
   spawn(command: string, args: string[], options?: { env?: NodeJS.ProcessEnv }): ChildProcess;
+  /** Runs a system tool inside the namespace and returns its output. */
+  exec(command: string, args: string[]): Promise<string>;
   destroy(): Promise<void>;
 }
 
@@ -77,6 +79,7 @@ export async function createBackendHost(t?: ExecutionContext): Promise<BackendHo
       procs.push(child);
       return child;
     },
+    exec: (command, args) => ip('netns', 'exec', name, systemCommand(command), ...args),
     destroy,
   };
 }

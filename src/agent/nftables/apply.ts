@@ -74,7 +74,7 @@ export class NftablesApplier {
     this.loaded = true;
   }
 
-  async apply(state: NftState, full: boolean): Promise<{ written: number; deleted: number; rules: number; elements: number }> {
+  async apply(state: NftState, full: boolean): Promise<{ written: number; names: string[]; deleted: number; rules: number; elements: number }> {
     if (full || !this.loaded) await this.load();
     const t = `${this.family} ${TABLE}`;
     const lines: string[] = [`add table ${t}`];
@@ -123,7 +123,7 @@ export class NftablesApplier {
     for (const n of stale) this.chains.delete(n);
     this.sets = new Set(state.sets.map((s) => s.name));
     this.elements = Object.fromEntries(Object.entries(state.maps).map(([k, v]) => [k, new Map(v)])) as Record<MapName, Map<string, string>>;
-    return { written: write.length, deleted: stale.length, rules: write.reduce((n, c) => n + c.rules.length + 1, 0), elements: elementChanges };
+    return { written: write.length, names: write.map((c) => c.name), deleted: stale.length, rules: write.reduce((n, c) => n + c.rules.length + 1, 0), elements: elementChanges };
   }
 
   /** Deletes our table (and with it everything the agent made in this family). */
