@@ -8,9 +8,9 @@ test('nothing runs before start, bursts collapse, failures force a full sync', a
   const runner = new SyncRunner({
     minIntervalMs: 50,
     maxIntervalMs: 10_000,
-    sync: async (full) => {
+    sync: (full) => {
       runs.push(full);
-      if (fail) throw new Error('boom');
+      return fail ? Promise.reject(new Error('boom')) : Promise.resolve();
     },
     onError: () => undefined,
   });
