@@ -17,7 +17,7 @@ import { IptablesApplier } from './iptables/apply.ts';
 import { renderIptables } from './iptables/render.ts';
 import { NftablesApplier } from './nftables/apply.ts';
 import { renderNftables } from './nftables/render.ts';
-import { buildProxyModel, type NodeInput, type ProxyModel, type ServiceInput, type SliceInput } from './model.ts';
+import { buildProxyModel, type ModelCache, type NodeInput, type ProxyModel, type ServiceInput, type SliceInput } from './model.ts';
 import { SyncRunner } from './sync-runner.ts';
 
 const run = promisify(execFile);
@@ -52,27 +52,17 @@ export interface RunningAgent {
   done: Promise<void>;
 }
 
-/**
- * Conntrack entries towards endpoints that are gone. UDP flows would stick to them
- * until they time out. For TCP only entries without a live connection (SYN_SENT,
- * CLOSE, TIME_WAIT) are removed: the kernel re-uses such an entry, with its old NAT
- * binding, when a client happens to re-use the source port.
- */
-async function clearStaleConntrack(before: ProxyModel, after: ProxyModel, log: Logger): Promise<void> {
+/** UDP flows to endpoints that are gone would stick to them until their conntrack entries time out. */
+async function clearStaleUdp(before: ProxyModel, after: ProxyModel, log: Logger): Promise<void> {
   const now = new Map(after.ports.map((p) => [p.id, new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))]));
-  const del = async (args: string[]): Promise<void> => {
-    await run(systemCommand('conntrack'), ['-D', ...args]).catch((err: Error & { code?: number | string }) => {
-      // Exit code 1 means "no entries": nothing to delete.
-      if (err.code !== 1) log.warn('conntrack cleanup failed', { args: args.join(' '), error: err.message });
-    });
-  };
-  for (const p of before.ports) {
+  for (const p of before.ports.filter((x) => x.protocol === 'udp')) {
     const keep = now.get(p.id) ?? new Set<string>();
     for (const ip of new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))) {
       if (keep.has(ip)) continue;
-      const family = p.family === 6 ? ['-f', 'ipv6'] : [];
-      if (p.protocol === 'udp') await del(['-p', 'udp', '--dst-nat', ip, ...family]);
-      else if (p.protocol === 'tcp') for (const state of ['SYN_SENT', 'CLOSE', 'TIME_WAIT']) await del(['-p', 'tcp', '--dst-nat', ip, '--state', state, ...family]);
+      await run(systemCommand('conntrack'), ['-D', '-p', 'udp', '--dst-nat', ip, ...(p.family === 6 ? ['-f', 'ipv6'] : [])]).catch((err: Error & { code?: number | string }) => {
+        // Exit code 1 means "no entries": nothing to delete.
+        if (err.code !== 1) log.warn('conntrack cleanup failed', { endpoint: ip, error: err.message });
+      });
     }
   }
 }
@@ -94,6 +84,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const externalCidrs = o.externalIPCIDRs.map((c) => parseCidr(c)).filter((c) => c !== undefined);
   const plane = dataPlane(o.mode, o.nodePortCIDRs);
   let lastModel: ProxyModel = { ports: [] };
+  const modelCache: ModelCache = new Map();
   let pendingTriggers: number[] = [];
   const hcServers = new Map<number, http.Server>();
 
@@ -106,7 +97,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const started = performance.now();
     const model = buildProxyModel(services.list(), slices.list(), nodeInput(), {
       externalIPAllowed: (ip) => externalCidrs.some((c) => cidrContains(c, parseIP(ip)!)),
-    });
+    }, modelCache);
     let written = 0;
     const names: string[] = [];
     for (const family of [4, 6] as const) {
@@ -116,7 +107,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       chainsWritten.inc({ family: String(family) }, result.written);
       ruleCount.set(result.rules, { family: String(family) });
     }
-    await clearStaleConntrack(lastModel, model, log);
+    await clearStaleUdp(lastModel, model, log);
     lastModel = model;
     servicePorts.set(model.ports.length);
     await syncHealthCheckServers(model);

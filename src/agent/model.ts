@@ -165,59 +165,95 @@ function candidatesFor(slices: SliceInput[], family: Family, portName: string, p
 
 const strip = (c: Candidate): ModelEndpoint => ({ ip: c.ip, port: c.port, weight: c.weight, ...(c.nodeName ? { nodeName: c.nodeName } : {}) });
 
-export function buildProxyModel(services: ServiceInput[], slices: SliceInput[], node: NodeInput, options: ModelOptions): ProxyModel {
+/** Memo of per-Service results across syncs, keyed by the inputs' resourceVersions. */
+export type ModelCache = Map<string, { key: string; ports: ServicePortModel[] }>;
+
+function serviceCacheKey(svc: ServiceInput, slices: SliceInput[], nodeKey: string): string | undefined {
+  const rv = (svc.metadata as { resourceVersion?: string }).resourceVersion;
+  const sliceRvs = slices.map((s) => (s.metadata as { resourceVersion?: string }).resourceVersion);
+  if (!rv || sliceRvs.some((r) => !r)) return undefined;
+  return `${rv}|${sliceRvs.sort().join(',')}|${nodeKey}`;
+}
+
+/**
+ * The model for every Service. With a cache, a Service whose object, slices and node
+ * are unchanged since the last call reuses its previous ports (the same objects, so
+ * renderers can reuse their output too): a one-Service change costs one Service's work.
+ */
+export function buildProxyModel(services: ServiceInput[], slices: SliceInput[], node: NodeInput, options: ModelOptions, cache?: ModelCache): ProxyModel {
   const slicesByService = new Map<string, SliceInput[]>();
   for (const s of slices) {
     const svc = s.metadata.labels?.[SERVICE_NAME_LABEL];
     if (!svc) continue;
     const key = `${s.metadata.namespace}/${svc}`;
-    slicesByService.set(key, [...(slicesByService.get(key) ?? []), s]);
+    const list = slicesByService.get(key);
+    if (list) list.push(s);
+    else slicesByService.set(key, [s]);
   }
+  const nodeKey = JSON.stringify([node.name, node.labels]);
   const ports: ServicePortModel[] = [];
+  const seen = new Set<string>();
   for (const svc of services) {
-    const spec = svc.spec ?? {};
-    const clusterIPs = (spec.clusterIPs ?? (spec.clusterIP ? [spec.clusterIP] : [])).filter((ip) => net.isIP(ip));
-    if (!clusterIPs.length) continue; // headless or not allocated yet: nothing to proxy
-    const ns = svc.metadata.namespace ?? 'default';
-    const svcSlices = slicesByService.get(`${ns}/${svc.metadata.name}`) ?? [];
-    const keys = (svc.metadata.annotations?.[TOPOLOGY_KEYS_ANNOTATION] ?? '').split(',').map((k) => k.trim()).filter(Boolean);
-    const external = spec.type === 'NodePort' || spec.type === 'LoadBalancer';
-    const externalLocal = external && spec.externalTrafficPolicy === 'Local';
-    const internalLocal = spec.internalTrafficPolicy === 'Local';
-    const affinitySeconds = spec.sessionAffinity === 'ClientIP' ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? 10800) : undefined;
-    const lbIPs = (svc.status?.loadBalancer?.ingress ?? []).map((i) => i.ip).filter((ip): ip is string => !!ip && !!net.isIP(ip));
-    const extIPs = (spec.externalIPs ?? []).filter((ip) => net.isIP(ip) && options.externalIPAllowed(ip));
-    for (const family of [4, 6] as const) {
-      const vips = clusterIPs.filter((ip) => net.isIP(ip) === family);
-      if (!vips.length) continue;
-      for (const p of spec.ports ?? []) {
-        const protocol = PROTOCOLS[p.protocol ?? 'TCP'];
-        if (!protocol) continue;
-        const portName = p.name ?? '';
-        const usable = usableEndpoints(candidatesFor(svcSlices, family, portName, protocol));
-        const local = usable.filter((e) => e.nodeName === node.name);
-        const clusterEndpoints = internalLocal ? local : applyTopologyKeys(usable, keys, node);
-        ports.push({
-          id: `${ns}/${svc.metadata.name}:${portName || p.port}/${protocol}${family === 6 ? '/v6' : ''}`,
-          namespace: ns,
-          service: svc.metadata.name,
-          portName,
-          protocol,
-          family,
-          port: p.port,
-          clusterIPs: vips,
-          ...(external && p.nodePort ? { nodePort: p.nodePort } : {}),
-          externalIPs: [...lbIPs, ...extIPs].filter((ip) => net.isIP(ip) === family),
-          ...(affinitySeconds ? { affinitySeconds } : {}),
-          clusterEndpoints: clusterEndpoints.map(strip),
-          externalEndpoints: (externalLocal ? local : applyTopologyKeys(usable, keys, node)).map(strip),
-          externalLocal,
-          ...(externalLocal && spec.healthCheckNodePort ? { healthCheckNodePort: spec.healthCheckNodePort } : {}),
-          localEndpoints: local.length,
-        });
-      }
+    const id = `${svc.metadata.namespace ?? 'default'}/${svc.metadata.name}`;
+    const svcSlices = slicesByService.get(id) ?? [];
+    const key = cache ? serviceCacheKey(svc, svcSlices, nodeKey) : undefined;
+    const hit = key ? cache!.get(id) : undefined;
+    let result: ServicePortModel[];
+    if (hit && hit.key === key) result = hit.ports;
+    else {
+      result = servicePorts(svc, svcSlices, node, options);
+      if (key) cache!.set(id, { key, ports: result });
     }
+    seen.add(id);
+    ports.push(...result);
   }
+  if (cache) for (const id of cache.keys()) if (!seen.has(id)) cache.delete(id);
   ports.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   return { ports };
+}
+
+function servicePorts(svc: ServiceInput, svcSlices: SliceInput[], node: NodeInput, options: ModelOptions): ServicePortModel[] {
+  const ports: ServicePortModel[] = [];
+  const spec = svc.spec ?? {};
+  const clusterIPs = (spec.clusterIPs ?? (spec.clusterIP ? [spec.clusterIP] : [])).filter((ip) => net.isIP(ip));
+  if (!clusterIPs.length) return ports; // headless or not allocated yet: nothing to proxy
+  const ns = svc.metadata.namespace ?? 'default';
+  const keys = (svc.metadata.annotations?.[TOPOLOGY_KEYS_ANNOTATION] ?? '').split(',').map((k) => k.trim()).filter(Boolean);
+  const external = spec.type === 'NodePort' || spec.type === 'LoadBalancer';
+  const externalLocal = external && spec.externalTrafficPolicy === 'Local';
+  const internalLocal = spec.internalTrafficPolicy === 'Local';
+  const affinitySeconds = spec.sessionAffinity === 'ClientIP' ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? 10800) : undefined;
+  const lbIPs = (svc.status?.loadBalancer?.ingress ?? []).map((i) => i.ip).filter((ip): ip is string => !!ip && !!net.isIP(ip));
+  const extIPs = (spec.externalIPs ?? []).filter((ip) => net.isIP(ip) && options.externalIPAllowed(ip));
+  for (const family of [4, 6] as const) {
+    const vips = clusterIPs.filter((ip) => net.isIP(ip) === family);
+    if (!vips.length) continue;
+    for (const p of spec.ports ?? []) {
+      const protocol = PROTOCOLS[p.protocol ?? 'TCP'];
+      if (!protocol) continue;
+      const portName = p.name ?? '';
+      const usable = usableEndpoints(candidatesFor(svcSlices, family, portName, protocol));
+      const local = usable.filter((e) => e.nodeName === node.name);
+      const clusterEndpoints = internalLocal ? local : applyTopologyKeys(usable, keys, node);
+      ports.push({
+        id: `${ns}/${svc.metadata.name}:${portName || p.port}/${protocol}${family === 6 ? '/v6' : ''}`,
+        namespace: ns,
+        service: svc.metadata.name,
+        portName,
+        protocol,
+        family,
+        port: p.port,
+        clusterIPs: vips,
+        ...(external && p.nodePort ? { nodePort: p.nodePort } : {}),
+        externalIPs: [...lbIPs, ...extIPs].filter((ip) => net.isIP(ip) === family),
+        ...(affinitySeconds ? { affinitySeconds } : {}),
+        clusterEndpoints: clusterEndpoints.map(strip),
+        externalEndpoints: (externalLocal ? local : applyTopologyKeys(usable, keys, node)).map(strip),
+        externalLocal,
+        ...(externalLocal && spec.healthCheckNodePort ? { healthCheckNodePort: spec.healthCheckNodePort } : {}),
+        localEndpoints: local.length,
+      });
+    }
+  }
+  return ports;
 }

@@ -102,7 +102,9 @@ export class IptablesApplier {
       for (const c of write) this.known.set(`${c.table}/${c.name}`, c.hash);
       for (const r of remove) this.known.delete(`${r.table}/${r.name}`);
     }
-    if (full || write.length) await this.ensureHooks();
+    // With iptables-nft every iptables call reads the whole ruleset: check the hooks on
+    // full syncs only (the first sync is full; the periodic one repairs removed hooks).
+    if (full) await this.ensureHooks();
     return { written: write.length, deleted: remove.length, rules: write.reduce((n, c) => n + c.rules.length, 0) };
   }
 

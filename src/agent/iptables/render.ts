@@ -76,68 +76,97 @@ export interface RenderOptions {
   nodePortCIDRs: string[];
 }
 
-export function renderIptables(model: ProxyModel, family: 4 | 6, options: RenderOptions): Chain[] {
-  const nat = new Map<string, string[]>();
-  const filter = new Map<string, string[]>();
-  const add = (m: Map<string, string[]>, chain: string, rule: string): void => void m.set(chain, [...(m.get(chain) ?? []), rule]);
-  for (const name of [TOP.services, TOP.nodePorts, TOP.postrouting, TOP.markMasq]) nat.set(name, []);
-  for (const name of [TOP.filterServices, TOP.filterExternal]) filter.set(name, []);
+function chainOf(table: Table, name: string, rules: string[]): Chain {
+  const hash = createHash('sha256').update(rules.join('\n')).digest('hex').slice(0, 16);
+  return { table, name, rules: [`-m comment --comment "xb-hash:${hash}"`, ...rules], hash };
+}
 
-  add(nat, TOP.markMasq, `-j MARK --or-mark ${MASQ_MARK}`);
-  add(nat, TOP.postrouting, `-m mark ! --mark ${MASQ_MARK}/${MASQ_MARK} -j RETURN`);
-  add(nat, TOP.postrouting, `-j MARK --xor-mark ${MASQ_MARK}`);
-  add(nat, TOP.postrouting, `${comment('extbackend: outside hosts cannot route replies to pod or client addresses')} -j MASQUERADE`);
+/** What one service port contributes: its own chains and its rules in the shared chains. */
+interface PortRules {
+  chains: Chain[];
+  services: string[];
+  nodePorts: string[];
+  filterServices: string[];
+  filterExternal: string[];
+}
 
-  const sepDone = new Set<string>();
-  const ensureSep = (p: ServicePortModel, e: ModelEndpoint): void => {
+function renderPort(p: ServicePortModel, family: 4 | 6): PortRules {
+  const out: PortRules = { chains: [], services: [], nodePorts: [], filterServices: [], filterExternal: [] };
+  const c = comment(p.id);
+  const seps = new Set<string>();
+  const ensureSep = (e: ModelEndpoint): void => {
     const name = sepChain(p, e);
-    if (sepDone.has(name)) return;
-    sepDone.add(name);
+    if (seps.has(name)) return;
+    seps.add(name);
     const rules: string[] = [];
     if (p.affinitySeconds) rules.push(`${comment(p.id)} -m recent --name ${name} --mask ${p.family === 4 ? '255.255.255.255' : 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff'} --rsource --set`);
     rules.push(`${comment(p.id)} -p ${p.protocol} -m ${p.protocol} -j DNAT --to-destination ${endpointAddr(e, p.family)}`);
-    nat.set(name, rules);
+    out.chains.push(chainOf('nat', name, rules));
   };
+  // Cluster traffic: always masqueraded, since outside hosts cannot reach pod IPs.
+  if (p.clusterEndpoints.length) {
+    const svc = svcChain(p);
+    out.chains.push(chainOf('nat', svc, [`-j ${TOP.markMasq}`, ...affinity(p, p.clusterEndpoints), ...balance(p, p.clusterEndpoints)]));
+    p.clusterEndpoints.forEach(ensureSep);
+    for (const vip of p.clusterIPs) out.services.push(`-d ${host(vip, family)} ${c} ${match(p, p.port)} -j ${svc}`);
+  } else {
+    for (const vip of p.clusterIPs) out.filterServices.push(`-d ${host(vip, family)} ${comment(`${p.id} has no endpoints`)} ${match(p, p.port)} -j REJECT`);
+  }
+  // External traffic: NodePort, load-balancer and allowed external IPs.
+  if (!p.externalIPs.length && p.nodePort === undefined) return out;
+  if (p.externalEndpoints.length) {
+    const ext = extChain(p);
+    out.chains.push(chainOf('nat', ext, [...(p.externalLocal ? [] : [`-j ${TOP.markMasq}`]), ...affinity(p, p.externalEndpoints), ...balance(p, p.externalEndpoints)]));
+    p.externalEndpoints.forEach(ensureSep);
+    for (const ip of p.externalIPs) out.services.push(`-d ${host(ip, family)} ${c} ${match(p, p.port)} -j ${ext}`);
+    if (p.nodePort) out.nodePorts.push(`${c} ${match(p, p.nodePort)} -j ${ext}`);
+  } else {
+    const why = comment(`${p.id} has no ${p.externalLocal ? 'local ' : ''}endpoints`);
+    for (const ip of p.externalIPs) out.filterServices.push(`-d ${host(ip, family)} ${why} ${match(p, p.port)} -j REJECT`);
+    if (p.nodePort) out.filterExternal.push(`-m addrtype --dst-type LOCAL ${why} ${match(p, p.nodePort)} -j REJECT`);
+  }
+  return out;
+}
 
-  for (const p of model.ports.filter((x) => x.family === family)) {
-    const c = comment(p.id);
-    // Cluster traffic: always masqueraded, since outside hosts cannot reach pod IPs.
-    if (p.clusterEndpoints.length) {
-      const svc = svcChain(p);
-      nat.set(svc, [`-j ${TOP.markMasq}`, ...affinity(p, p.clusterEndpoints), ...balance(p, p.clusterEndpoints)]);
-      p.clusterEndpoints.forEach((e) => ensureSep(p, e));
-      for (const vip of p.clusterIPs) add(nat, TOP.services, `-d ${host(vip, family)} ${c} ${match(p, p.port)} -j ${svc}`);
-    } else {
-      for (const vip of p.clusterIPs) add(filter, TOP.filterServices, `-d ${host(vip, family)} ${comment(`${p.id} has no endpoints`)} ${match(p, p.port)} -j REJECT`);
+// Ports are immutable and reused by the model cache between syncs, so their rules are too.
+const portCache = new WeakMap<ServicePortModel, PortRules>();
+
+export function renderIptables(model: ProxyModel, family: 4 | 6, options: RenderOptions): Chain[] {
+  const services: string[] = [];
+  const nodePorts: string[] = [];
+  const filterServices: string[] = [];
+  const filterExternal: string[] = [];
+  const own: Chain[] = [];
+  for (const p of model.ports) {
+    if (p.family !== family) continue;
+    let r = portCache.get(p);
+    if (!r) {
+      r = renderPort(p, family);
+      portCache.set(p, r);
     }
-    // External traffic: NodePort, load-balancer and allowed external IPs.
-    const externals = p.externalIPs.length > 0 || p.nodePort !== undefined;
-    if (!externals) continue;
-    if (p.externalEndpoints.length) {
-      const ext = extChain(p);
-      nat.set(ext, [...(p.externalLocal ? [] : [`-j ${TOP.markMasq}`]), ...affinity(p, p.externalEndpoints), ...balance(p, p.externalEndpoints)]);
-      p.externalEndpoints.forEach((e) => ensureSep(p, e));
-      for (const ip of p.externalIPs) add(nat, TOP.services, `-d ${host(ip, family)} ${c} ${match(p, p.port)} -j ${ext}`);
-      if (p.nodePort) add(nat, TOP.nodePorts, `${c} ${match(p, p.nodePort)} -j ${ext}`);
-    } else {
-      const why = comment(`${p.id} has no ${p.externalLocal ? 'local ' : ''}endpoints`);
-      for (const ip of p.externalIPs) add(filter, TOP.filterServices, `-d ${host(ip, family)} ${why} ${match(p, p.port)} -j REJECT`);
-      if (p.nodePort) add(filter, TOP.filterExternal, `-m addrtype --dst-type LOCAL ${why} ${match(p, p.nodePort)} -j REJECT`);
-    }
+    services.push(...r.services);
+    nodePorts.push(...r.nodePorts);
+    filterServices.push(...r.filterServices);
+    filterExternal.push(...r.filterExternal);
+    own.push(...r.chains);
   }
   // NodePorts last: only after no cluster IP matched, and only for local destinations.
   const cidrs = options.nodePortCIDRs.filter((c) => c.includes(':') === (family === 6));
-  if (cidrs.length) for (const cidr of cidrs) add(nat, TOP.services, `-d ${cidr} -m addrtype --dst-type LOCAL -j ${TOP.nodePorts}`);
-  else add(nat, TOP.services, `-m addrtype --dst-type LOCAL -j ${TOP.nodePorts}`);
-
-  const chains: Chain[] = [];
-  for (const [table, m] of [['nat', nat], ['filter', filter]] as const) {
-    for (const [name, rules] of m) {
-      const hash = createHash('sha256').update(rules.join('\n')).digest('hex').slice(0, 16);
-      chains.push({ table, name, rules: [`-m comment --comment "xb-hash:${hash}"`, ...rules], hash });
-    }
-  }
-  return chains;
+  if (cidrs.length) for (const cidr of cidrs) services.push(`-d ${cidr} -m addrtype --dst-type LOCAL -j ${TOP.nodePorts}`);
+  else services.push(`-m addrtype --dst-type LOCAL -j ${TOP.nodePorts}`);
+  return [
+    chainOf('nat', TOP.services, services),
+    chainOf('nat', TOP.nodePorts, nodePorts),
+    chainOf('nat', TOP.postrouting, [
+      `-m mark ! --mark ${MASQ_MARK}/${MASQ_MARK} -j RETURN`,
+      `-j MARK --xor-mark ${MASQ_MARK}`,
+      `${comment('extbackend: outside hosts cannot route replies to pod or client addresses')} -j MASQUERADE`,
+    ]),
+    chainOf('nat', TOP.markMasq, [`-j MARK --or-mark ${MASQ_MARK}`]),
+    ...own,
+    chainOf('filter', TOP.filterServices, filterServices),
+    chainOf('filter', TOP.filterExternal, filterExternal),
+  ];
 }
 
 /** iptables-restore input that (re)writes `write` and deletes `remove`, leaving every other chain as it is. */

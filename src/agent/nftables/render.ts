@@ -75,29 +75,18 @@ function balance(p: ServicePortModel, endpoints: ModelEndpoint[]): string {
   return `numgen random mod ${total} vmap { ${ranges.join(', ')} }`;
 }
 
-export function renderNftables(model: ProxyModel, family: 4 | 6, options: { nodePortCIDRs: string[] }): NftState {
+/** What one service port contributes: its chains, affinity sets and map elements. */
+interface PortOutput {
+  chains: NftChain[];
+  sets: NftSet[];
+  elements: [MapName, string, string][];
+}
+
+function renderPort(p: ServicePortModel, family: 4 | 6): PortOutput {
   const nf = family === 4 ? 'ip' : 'ip6';
-  const maps: NftState['maps'] = { 'service-ips': new Map(), 'service-nodeports': new Map(), 'no-endpoint-services': new Map(), 'no-endpoint-nodeports': new Map() };
-  const chains: NftChain[] = [];
-  const sets: NftSet[] = [];
+  const out: PortOutput = { chains: [], sets: [], elements: [] };
   const seps = new Set<string>();
-  const cidrs = options.nodePortCIDRs.filter((c) => c.includes(':') === (family === 6));
-  const local = cidrs.length ? `${nf} daddr { ${cidrs.join(', ')} } fib daddr type local` : 'fib daddr type local';
-
-  chains.push(chain('nat-prerouting', ['jump services'], 'type nat hook prerouting priority dstnat;'));
-  chains.push(chain('nat-output', ['jump services'], 'type nat hook output priority -100;'));
-  chains.push(chain('nat-postrouting', ['jump masquerading'], 'type nat hook postrouting priority srcnat;'));
-  chains.push(chain('filter-input', ['ct state new jump external-filter'], 'type filter hook input priority filter;'));
-  chains.push(chain('filter-forward', ['ct state new jump services-filter', 'ct state new jump external-filter'], 'type filter hook forward priority filter;'));
-  chains.push(chain('filter-output', ['ct state new jump services-filter'], 'type filter hook output priority filter;'));
-  chains.push(chain('services', [`${nf} daddr . meta l4proto . th dport vmap @${MAPS.serviceIPs}`, `${local} meta l4proto . th dport vmap @${MAPS.nodePorts}`]));
-  chains.push(chain('services-filter', [`${nf} daddr . meta l4proto . th dport vmap @${MAPS.noEndpointIPs}`]));
-  chains.push(chain('external-filter', [`${local} meta l4proto . th dport vmap @${MAPS.noEndpointNodePorts}`]));
-  chains.push(chain('reject-chain', ['reject']));
-  chains.push(chain('mark-for-masquerade', [`meta mark set meta mark | ${MASQ_MARK}`]));
-  chains.push(chain('masquerading', [`meta mark & ${MASQ_MARK} == 0 return`, `meta mark set meta mark ^ ${MASQ_MARK}`, 'masquerade fully-random']));
-
-  const ensureSep = (p: ServicePortModel, e: ModelEndpoint): void => {
+  const ensureSep = (e: ModelEndpoint): void => {
     const name = sepChain(p, e);
     if (seps.has(name)) return;
     seps.add(name);
@@ -105,37 +94,71 @@ export function renderNftables(model: ProxyModel, family: 4 | 6, options: { node
     const rules: string[] = [];
     if (p.affinitySeconds) {
       const set = affinitySet(p, e);
-      sets.push({ name: set, definition: `type ${family === 4 ? 'ipv4_addr' : 'ipv6_addr'}; flags dynamic,timeout; timeout ${p.affinitySeconds}s;` });
+      out.sets.push({ name: set, definition: `type ${family === 4 ? 'ipv4_addr' : 'ipv6_addr'}; flags dynamic,timeout; timeout ${p.affinitySeconds}s;` });
       rules.push(`update @${set} { ${nf} saddr }`);
     }
     rules.push(`meta l4proto ${p.protocol} counter dnat to ${addr}`);
-    chains.push(chain(name, rules));
+    out.chains.push(chain(name, rules));
   };
-  const lbRules = (p: ServicePortModel, endpoints: ModelEndpoint[], masquerade: boolean): string[] => [
+  const lbRules = (endpoints: ModelEndpoint[], masquerade: boolean): string[] => [
     ...(masquerade ? ['jump mark-for-masquerade'] : []),
     ...(p.affinitySeconds ? endpoints.map((e) => `${nf} saddr @${affinitySet(p, e)} goto ${sepChain(p, e)}`) : []),
     `counter ${balance(p, endpoints)}`,
   ];
+  const key = (ip: string, port: number): string => `${ip} . ${p.protocol} . ${port}`;
+  if (p.clusterEndpoints.length) {
+    out.chains.push(chain(svcChain(p), lbRules(p.clusterEndpoints, true)));
+    p.clusterEndpoints.forEach(ensureSep);
+    for (const vip of p.clusterIPs) out.elements.push([MAPS.serviceIPs, key(vip, p.port), `goto ${svcChain(p)}`]);
+  } else {
+    for (const vip of p.clusterIPs) out.elements.push([MAPS.noEndpointIPs, key(vip, p.port), 'goto reject-chain']);
+  }
+  if (!p.externalIPs.length && p.nodePort === undefined) return out;
+  if (p.externalEndpoints.length) {
+    out.chains.push(chain(extChain(p), lbRules(p.externalEndpoints, !p.externalLocal)));
+    p.externalEndpoints.forEach(ensureSep);
+    for (const ip of p.externalIPs) out.elements.push([MAPS.serviceIPs, key(ip, p.port), `goto ${extChain(p)}`]);
+    if (p.nodePort) out.elements.push([MAPS.nodePorts, `${p.protocol} . ${p.nodePort}`, `goto ${extChain(p)}`]);
+  } else {
+    for (const ip of p.externalIPs) out.elements.push([MAPS.noEndpointIPs, key(ip, p.port), 'goto reject-chain']);
+    if (p.nodePort) out.elements.push([MAPS.noEndpointNodePorts, `${p.protocol} . ${p.nodePort}`, 'goto reject-chain']);
+  }
+  return out;
+}
 
-  for (const p of model.ports.filter((x) => x.family === family)) {
-    const key = (ip: string, port: number): string => `${ip} . ${p.protocol} . ${port}`;
-    if (p.clusterEndpoints.length) {
-      chains.push(chain(svcChain(p), lbRules(p, p.clusterEndpoints, true)));
-      p.clusterEndpoints.forEach((e) => ensureSep(p, e));
-      for (const vip of p.clusterIPs) maps['service-ips'].set(key(vip, p.port), `goto ${svcChain(p)}`);
-    } else {
-      for (const vip of p.clusterIPs) maps['no-endpoint-services'].set(key(vip, p.port), 'goto reject-chain');
+// Ports are immutable and reused by the model cache between syncs, so their output is too.
+const portCache = new WeakMap<ServicePortModel, PortOutput>();
+
+export function renderNftables(model: ProxyModel, family: 4 | 6, options: { nodePortCIDRs: string[] }): NftState {
+  const nf = family === 4 ? 'ip' : 'ip6';
+  const maps: NftState['maps'] = { 'service-ips': new Map(), 'service-nodeports': new Map(), 'no-endpoint-services': new Map(), 'no-endpoint-nodeports': new Map() };
+  const cidrs = options.nodePortCIDRs.filter((c) => c.includes(':') === (family === 6));
+  const local = cidrs.length ? `${nf} daddr { ${cidrs.join(', ')} } fib daddr type local` : 'fib daddr type local';
+  const chains: NftChain[] = [
+    chain('nat-prerouting', ['jump services'], 'type nat hook prerouting priority dstnat;'),
+    chain('nat-output', ['jump services'], 'type nat hook output priority -100;'),
+    chain('nat-postrouting', ['jump masquerading'], 'type nat hook postrouting priority srcnat;'),
+    chain('filter-input', ['ct state new jump external-filter'], 'type filter hook input priority filter;'),
+    chain('filter-forward', ['ct state new jump services-filter', 'ct state new jump external-filter'], 'type filter hook forward priority filter;'),
+    chain('filter-output', ['ct state new jump services-filter'], 'type filter hook output priority filter;'),
+    chain('services', [`${nf} daddr . meta l4proto . th dport vmap @${MAPS.serviceIPs}`, `${local} meta l4proto . th dport vmap @${MAPS.nodePorts}`]),
+    chain('services-filter', [`${nf} daddr . meta l4proto . th dport vmap @${MAPS.noEndpointIPs}`]),
+    chain('external-filter', [`${local} meta l4proto . th dport vmap @${MAPS.noEndpointNodePorts}`]),
+    chain('reject-chain', ['reject']),
+    chain('mark-for-masquerade', [`meta mark set meta mark | ${MASQ_MARK}`]),
+    chain('masquerading', [`meta mark & ${MASQ_MARK} == 0 return`, `meta mark set meta mark ^ ${MASQ_MARK}`, 'masquerade fully-random']),
+  ];
+  const sets: NftSet[] = [];
+  for (const p of model.ports) {
+    if (p.family !== family) continue;
+    let r = portCache.get(p);
+    if (!r) {
+      r = renderPort(p, family);
+      portCache.set(p, r);
     }
-    if (!p.externalIPs.length && p.nodePort === undefined) continue;
-    if (p.externalEndpoints.length) {
-      chains.push(chain(extChain(p), lbRules(p, p.externalEndpoints, !p.externalLocal)));
-      p.externalEndpoints.forEach((e) => ensureSep(p, e));
-      for (const ip of p.externalIPs) maps['service-ips'].set(key(ip, p.port), `goto ${extChain(p)}`);
-      if (p.nodePort) maps['service-nodeports'].set(`${p.protocol} . ${p.nodePort}`, `goto ${extChain(p)}`);
-    } else {
-      for (const ip of p.externalIPs) maps['no-endpoint-services'].set(key(ip, p.port), 'goto reject-chain');
-      if (p.nodePort) maps['no-endpoint-nodeports'].set(`${p.protocol} . ${p.nodePort}`, 'goto reject-chain');
-    }
+    chains.push(...r.chains);
+    sets.push(...r.sets);
+    for (const [map, k, v] of r.elements) maps[map].set(k, v);
   }
   return { family: nf, chains, sets, maps };
 }
