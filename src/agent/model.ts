@@ -257,3 +257,13 @@ function servicePorts(svc: ServiceInput, svcSlices: SliceInput[], node: NodeInpu
   }
   return ports;
 }
+
+/** Renders a port once: ports are immutable and the model cache reuses them between syncs. */
+export function renderedOnce<T>(cache: WeakMap<ServicePortModel, T>, port: ServicePortModel, render: (p: ServicePortModel) => T): T {
+  let r = cache.get(port);
+  if (r === undefined) {
+    r = render(port);
+    cache.set(port, r);
+  }
+  return r;
+}

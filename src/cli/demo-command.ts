@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { REPO_ROOT } from '../devcluster/build.ts';
 import { startLocalCluster } from '../devcluster/cluster.ts';
 import { logger } from '../log.ts';
-import { startOperator } from '../operator/operator.ts';
+import { OPERATOR_DEFAULTS, startOperator } from '../operator/operator.ts';
 import { KubeClient } from '../runtime/kube-client.ts';
 import { stringFlag, type ParsedArgs } from './args.ts';
 import { operatorCommand } from './operator-command.ts';
@@ -37,19 +37,7 @@ export async function demoCommand(args: ParsedArgs): Promise<void> {
     const kubectl = async (...a: string[]): Promise<string> => (await run(cluster.build.bin('kubectl'), ['--kubeconfig', cluster.kubeconfig, ...a])).stdout;
     await kubectl('apply', '-f', path.join(REPO_ROOT, 'crds'));
     await kubectl('wait', '--for=condition=Established', 'crd', '--all');
-    operator = await startOperator({
-      client,
-      log: logger('operator'),
-      workers: 4,
-      leaderElect: false,
-      leaseNamespace: 'default',
-      leaseName: 'extbackend-operator',
-      allowClusterAddresses: false,
-      extraServiceCIDRs: [],
-      extraPodCIDRs: [],
-      dnsRefreshMs: 30_000,
-      signal: abort.signal,
-    });
+    operator = await startOperator({ ...OPERATOR_DEFAULTS, client, log: logger('operator'), leaderElect: false, leaseNamespace: 'default', signal: abort.signal });
     const samples = path.join(REPO_ROOT, 'samples');
     if (existsSync(samples)) await kubectl('apply', '-f', samples);
     process.stdout.write(`\nlocal cluster: ${cluster.server} (Kubernetes ${cluster.version})\n  kubectl --kubeconfig ${cluster.kubeconfig} get externalbackends -A\nCtrl-C stops and cleans up.\n\n`);

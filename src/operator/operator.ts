@@ -40,6 +40,16 @@ export interface OperatorOptions {
   releaseLeaseOnStop?: boolean;
 }
 
+/** Defaults shared by the CLI, the demo and the tests. */
+export const OPERATOR_DEFAULTS = {
+  workers: 4,
+  leaseName: 'extbackend-operator',
+  allowClusterAddresses: false,
+  extraServiceCIDRs: [] as string[],
+  extraPodCIDRs: [] as string[],
+  dnsRefreshMs: 30_000,
+};
+
 export interface RunningOperator {
   metrics: Registry;
   /** True once caches synced and no key is queued or being reconciled. */

@@ -2,7 +2,7 @@
 // scoped to one test's namespace, and counts the API writes it makes.
 import type { ExecutionContext } from 'ava';
 import { logger } from '../../src/log.ts';
-import { startOperator, type OperatorOptions, type RunningOperator } from '../../src/operator/operator.ts';
+import { OPERATOR_DEFAULTS, startOperator, type OperatorOptions, type RunningOperator } from '../../src/operator/operator.ts';
 import { KubeClient } from '../../src/runtime/kube-client.ts';
 import { testKubeconfig, waitFor } from './cluster.ts';
 
@@ -25,16 +25,11 @@ export async function startTestOperator(t: ExecutionContext, namespace: string, 
   const abort = new AbortController();
   const running = await startOperator({
     client,
+    ...OPERATOR_DEFAULTS,
     log: logger('test-operator').child({ namespace }),
     namespace,
-    workers: 4,
     leaderElect: false,
     leaseNamespace: namespace,
-    leaseName: 'extbackend-operator',
-    allowClusterAddresses: false,
-    extraServiceCIDRs: [],
-    extraPodCIDRs: [],
-    dnsRefreshMs: 30_000,
     signal: abort.signal,
     ...overrides,
   });

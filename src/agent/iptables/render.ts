@@ -4,7 +4,7 @@
 // from `iptables-save` which chains are already right and leave them (and their
 // counters) alone.
 import { createHash } from 'node:crypto';
-import type { ModelEndpoint, ProxyModel, ServicePortModel } from '../model.ts';
+import { renderedOnce, type ModelEndpoint, type ProxyModel, type ServicePortModel } from '../model.ts';
 
 export const MASQ_MARK = '0x10000';
 export const CHAIN_PREFIX = 'XB-';
@@ -139,11 +139,7 @@ export function renderIptables(model: ProxyModel, family: 4 | 6, options: Render
   const own: Chain[] = [];
   for (const p of model.ports) {
     if (p.family !== family) continue;
-    let r = portCache.get(p);
-    if (!r) {
-      r = renderPort(p, family);
-      portCache.set(p, r);
-    }
+    const r = renderedOnce(portCache, p, (port) => renderPort(port, family));
     services.push(...r.services);
     nodePorts.push(...r.nodePorts);
     filterServices.push(...r.filterServices);

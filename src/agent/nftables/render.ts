@@ -4,7 +4,7 @@
 // Services; balancing uses numgen over weight ranges; ClientIP affinity uses dynamic
 // sets with timeouts. Pure: the applier decides what to send to `nft -f`.
 import { createHash } from 'node:crypto';
-import type { ModelEndpoint, ProxyModel, ServicePortModel } from '../model.ts';
+import { renderedOnce, type ModelEndpoint, type ProxyModel, type ServicePortModel } from '../model.ts';
 
 export const TABLE = 'extbackend';
 export const MASQ_MARK = '0x00010000';
@@ -151,11 +151,7 @@ export function renderNftables(model: ProxyModel, family: 4 | 6, options: { node
   const sets: NftSet[] = [];
   for (const p of model.ports) {
     if (p.family !== family) continue;
-    let r = portCache.get(p);
-    if (!r) {
-      r = renderPort(p, family);
-      portCache.set(p, r);
-    }
+    const r = renderedOnce(portCache, p, (port) => renderPort(port, family));
     chains.push(...r.chains);
     sets.push(...r.sets);
     for (const [map, k, v] of r.elements) maps[map].set(k, v);
