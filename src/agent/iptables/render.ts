@@ -52,14 +52,18 @@ const endpointAddr = (e: ModelEndpoint, family: 4 | 6): string => (family === 4 
 const comment = (text: string): string => `-m comment --comment "${text.replace(/"/g, '')}"`;
 const match = (p: ServicePortModel, port: number): string => `-p ${p.protocol} -m ${p.protocol} --dport ${port}`;
 
-/** Probability rules for weighted random choice: rule i takes w_i / (w_i + ... + w_n) of what reaches it. */
+/**
+ * Probability rules for weighted random choice: rule i takes w_i / (w_i + ... + w_n) of
+ * what reaches it. Without affinity the rules DNAT directly: no chain per endpoint,
+ * which keeps large rule sets fast to load (iptables-nft pays per chain).
+ */
 function balance(p: ServicePortModel, endpoints: ModelEndpoint[]): string[] {
   const rules: string[] = [];
   let remaining = endpoints.reduce((n, e) => n + e.weight, 0);
   endpoints.forEach((e, i) => {
-    const target = `-j ${sepChain(p, e)}`;
-    if (i === endpoints.length - 1) rules.push(`${comment(`${p.id} -> ${endpointAddr(e, p.family)}`)} ${target}`);
-    else rules.push(`${comment(`${p.id} -> ${endpointAddr(e, p.family)}`)} -m statistic --mode random --probability ${(e.weight / remaining).toFixed(10)} ${target}`);
+    const target = p.affinitySeconds ? `-j ${sepChain(p, e)}` : `-p ${p.protocol} -m ${p.protocol} -j DNAT --to-destination ${endpointAddr(e, p.family)}`;
+    const chance = i === endpoints.length - 1 ? '' : ` -m statistic --mode random --probability ${(e.weight / remaining).toFixed(10)}`;
+    rules.push(`${comment(`${p.id} -> ${endpointAddr(e, p.family)}`)}${chance} ${target}`);
     remaining -= e.weight;
   });
   return rules;
@@ -107,7 +111,7 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortRules {
   if (p.clusterEndpoints.length) {
     const svc = svcChain(p);
     out.chains.push(chainOf('nat', svc, [`-j ${TOP.markMasq}`, ...affinity(p, p.clusterEndpoints), ...balance(p, p.clusterEndpoints)]));
-    p.clusterEndpoints.forEach(ensureSep);
+    if (p.affinitySeconds) p.clusterEndpoints.forEach(ensureSep);
     for (const vip of p.clusterIPs) out.services.push(`-d ${host(vip, family)} ${c} ${match(p, p.port)} -j ${svc}`);
   } else {
     for (const vip of p.clusterIPs) out.filterServices.push(`-d ${host(vip, family)} ${comment(`${p.id} has no endpoints`)} ${match(p, p.port)} -j REJECT`);
@@ -117,7 +121,7 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortRules {
   if (p.externalEndpoints.length) {
     const ext = extChain(p);
     out.chains.push(chainOf('nat', ext, [...(p.externalLocal ? [] : [`-j ${TOP.markMasq}`]), ...affinity(p, p.externalEndpoints), ...balance(p, p.externalEndpoints)]));
-    p.externalEndpoints.forEach(ensureSep);
+    if (p.affinitySeconds) p.externalEndpoints.forEach(ensureSep);
     for (const ip of p.externalIPs) out.services.push(`-d ${host(ip, family)} ${c} ${match(p, p.port)} -j ${ext}`);
     if (p.nodePort) out.nodePorts.push(`${c} ${match(p, p.nodePort)} -j ${ext}`);
   } else {
