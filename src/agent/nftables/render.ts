@@ -75,6 +75,20 @@ function balance(p: ServicePortModel, endpoints: ModelEndpoint[]): string {
   return `numgen random mod ${total} vmap { ${ranges.join(', ')} }`;
 }
 
+/** DNAT to one of the endpoints, chosen by numgen over weight ranges. */
+function inlineDnat(endpoints: ModelEndpoint[], family: 4 | 6): string {
+  const addr = (e: ModelEndpoint): string => (family === 4 ? `${e.ip}:${e.port}` : `[${e.ip}]:${e.port}`);
+  if (endpoints.length === 1) return `dnat to ${addr(endpoints[0]!)}`;
+  const total = endpoints.reduce((n, e) => n + e.weight, 0);
+  let start = 0;
+  const ranges = endpoints.map((e) => {
+    const r = e.weight === 1 ? `${start}` : `${start}-${start + e.weight - 1}`;
+    start += e.weight;
+    return `${r} : ${e.ip} . ${e.port}`;
+  });
+  return `dnat ${family === 4 ? 'ip' : 'ip6'} addr . port to numgen random mod ${total} map { ${ranges.join(', ')} }`;
+}
+
 /** What one service port contributes: its chains, affinity sets and map elements. */
 interface PortOutput {
   chains: NftChain[];
@@ -100,15 +114,21 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortOutput {
     rules.push(`meta l4proto ${p.protocol} counter dnat to ${addr}`);
     out.chains.push(chain(name, rules));
   };
+  // Without affinity the service chain DNATs itself (numgen into a map of addresses):
+  // no chain per endpoint, which keeps large rule sets cheap for nft to load and check.
   const lbRules = (endpoints: ModelEndpoint[], masquerade: boolean): string[] => [
     ...(masquerade ? ['jump mark-for-masquerade'] : []),
-    ...(p.affinitySeconds ? endpoints.map((e) => `${nf} saddr @${affinitySet(p, e)} goto ${sepChain(p, e)}`) : []),
-    `counter ${balance(p, endpoints)}`,
+    ...(p.affinitySeconds
+      ? [...endpoints.map((e) => `${nf} saddr @${affinitySet(p, e)} goto ${sepChain(p, e)}`), `counter ${balance(p, endpoints)}`]
+      : [`meta l4proto ${p.protocol} counter ${inlineDnat(endpoints, family)}`]),
   ];
+  const withSeps = (endpoints: ModelEndpoint[]): void => {
+    if (p.affinitySeconds) endpoints.forEach(ensureSep);
+  };
   const key = (ip: string, port: number): string => `${ip} . ${p.protocol} . ${port}`;
   if (p.clusterEndpoints.length) {
     out.chains.push(chain(svcChain(p), lbRules(p.clusterEndpoints, true)));
-    p.clusterEndpoints.forEach(ensureSep);
+    withSeps(p.clusterEndpoints);
     for (const vip of p.clusterIPs) out.elements.push([MAPS.serviceIPs, key(vip, p.port), `goto ${svcChain(p)}`]);
   } else {
     for (const vip of p.clusterIPs) out.elements.push([MAPS.noEndpointIPs, key(vip, p.port), 'goto reject-chain']);
@@ -116,7 +136,7 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortOutput {
   if (!p.externalIPs.length && p.nodePort === undefined) return out;
   if (p.externalEndpoints.length) {
     out.chains.push(chain(extChain(p), lbRules(p.externalEndpoints, !p.externalLocal)));
-    p.externalEndpoints.forEach(ensureSep);
+    withSeps(p.externalEndpoints);
     for (const ip of p.externalIPs) out.elements.push([MAPS.serviceIPs, key(ip, p.port), `goto ${extChain(p)}`]);
     if (p.nodePort) out.elements.push([MAPS.nodePorts, `${p.protocol} . ${p.nodePort}`, `goto ${extChain(p)}`]);
   } else {
