@@ -34,7 +34,7 @@ const cleanup = withCleanup(async () => {
 });
 try {
   // AnyIP: the namespace accepts every address of the prefix; the host routes it there.
-  await ip('route', 'add', PREFIX, 'via', host.ip, 'dev', host.hostIf);
+  await ip('route', 'replace', PREFIX, 'via', host.ip, 'dev', host.hostIf);
   await ip('-n', host.name, 'route', 'add', 'local', PREFIX, 'dev', 'lo');
   await assertRouteVia(address(0), host.hostIf);
   await assertRouteVia(address(targets - 1), host.hostIf);

@@ -98,7 +98,8 @@ export async function createLab(t: ExecutionContext): Promise<Lab> {
   await ip('link', 'set', hostIf, 'up');
   await ip('-n', router, 'addr', 'add', `${routerHostSide}/30`, 'dev', 'to-host');
   await ip('-n', router, 'link', 'set', 'to-host', 'up');
-  await ip('route', 'add', prefix, 'via', routerHostSide, 'dev', hostIf);
+  // replace, not add: a crashed run may have left this slot's route behind.
+  await ip('route', 'replace', prefix, 'via', routerHostSide, 'dev', hostIf);
   await assertRouteVia(`198.19.${third}.10`, hostIf);
 
   const spawnIn = (ns: string) => (command: string, args: string[], env?: NodeJS.ProcessEnv): ChildProcess => {
