@@ -18,7 +18,7 @@ try {
   kubectl('apply', '-f', path.join(REPO_ROOT, 'crds'));
   kubectl('wait', '--for=condition=Established', '--timeout=60s', 'crd', '--all');
   const ava = spawn(process.execPath, [avaCli, ...process.argv.slice(2)], {
-    stdio: 'inherit',
+    stdio: ['inherit', 'pipe', 'inherit'],
     env: {
       // Components under test log warnings and errors only, unless asked otherwise.
       EXTBACKEND_LOG_LEVEL: 'warn',
@@ -28,11 +28,22 @@ try {
       EXTBACKEND_CONTROLPLANE_BIN: cluster.build.binDir,
     },
   });
+  // Pass ava's report through, and remember its counts for a plain closing line.
+  let report = '';
+  ava.stdout.on('data', (d: Buffer) => {
+    process.stdout.write(d);
+    report = (report + d.toString()).slice(-4096);
+  });
   // Forward Ctrl-C/SIGTERM to ava and let it finish its teardown before we stop the cluster.
   const forward = (sig: NodeJS.Signals): void => void ava.kill(sig);
   process.on('SIGINT', forward);
   process.on('SIGTERM', forward);
-  exitCode = await new Promise<number>((resolve) => ava.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  exitCode = await new Promise<number>((resolve) => ava.on('close', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  const count = (what: string): number => Number(new RegExp(`(\\d+) tests? ${what}`).exec(report)?.[1] ?? 0);
+  const passed = count('passed');
+  const failed = count('failed') + count('known failure');
+  process.stdout.write(`\ntests: ${passed} passed, ${failed} failed${count('skipped') ? `, ${count('skipped')} skipped` : ''}\n`);
+  if (passed === 0 && exitCode === 0) exitCode = 1; // a run that tested nothing is not a success
 } finally {
   await cluster.stop();
 }
