@@ -1,10 +1,13 @@
 // Benchmark: the node agent at 1 000, 5 000 and 10 000 Services x 10 endpoints
 // (selectorless Services with the proxy label and hand-written EndpointSlices) against
-// the local control plane. For each size and mode, a fresh agent in its own network
-// namespace: full sync time, one-Service-change sync time, rules (and map elements),
-// agent RSS. Needs root. Usage: node bench/agent.ts [sizes=1000,5000,10000] [modes=iptables,nftables]
+// the local control plane, side by side with kube-proxy (built by the control-plane
+// module) over an equal set of Services without the label (the only ones it serves).
+// For each size, mode and proxy, a fresh process in its own network namespace: full
+// sync time, one-Service-change sync time, rules (and map elements), RSS.
+// Needs root. Usage: node bench/agent.ts [sizes=1000,5000,10000] [modes=iptables,nftables] [proxies=ours,kube-proxy]
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT } from '../src/devcluster/build.ts';
 import { startLocalCluster } from '../src/devcluster/cluster.ts';
@@ -14,6 +17,8 @@ import { sumMetric, withCleanup } from './harness.ts';
 
 const sizes = (process.argv[2] ?? '1000,5000,10000').split(',').map(Number);
 const modes = (process.argv[3] ?? 'iptables,nftables').split(',');
+const proxies = (process.argv[4] ?? 'ours,kube-proxy').split(',');
+const kpNs = 'bench-kube-proxy';
 const ns = 'bench-agent';
 const ENDPOINTS = 10;
 
@@ -32,81 +37,100 @@ const endpointIP = (svc: number, e: number, salt = 0): string => {
 try {
   const kubectl = (...args: string[]): string => execFileSync(cluster.build.bin('kubectl'), ['--kubeconfig', cluster.kubeconfig, ...args], { encoding: 'utf8' });
   kubectl('create', 'namespace', ns);
+  kubectl('create', 'namespace', kpNs);
   const client = await KubeClient.fromKubeConfig(loadKubeConfig(cluster.kubeconfig));
-  const slicePath = `/apis/discovery.k8s.io/v1/namespaces/${ns}/endpointslices`;
-  const sliceBody = (i: number, salt = 0) => ({
+  const slicePath = (space: string): string => `/apis/discovery.k8s.io/v1/namespaces/${space}/endpointslices`;
+  const sliceBody = (i: number, salt = 0, space = ns) => ({
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',
-    metadata: { name: `svc-${i}`, namespace: ns, labels: { 'kubernetes.io/service-name': `svc-${i}` } },
+    metadata: { name: `svc-${i}`, namespace: space, labels: { 'kubernetes.io/service-name': `svc-${i}`, 'endpointslice.kubernetes.io/managed-by': 'bench' } },
     addressType: 'IPv4',
     ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
     endpoints: Array.from({ length: ENDPOINTS }, (_, e) => ({ addresses: [endpointIP(i, e, salt)], conditions: { ready: true } })),
   });
-  let created = 0;
-  const grow = async (to: number): Promise<void> => {
-    let next = created;
+  const created: Record<string, number> = { [ns]: 0, [kpNs]: 0 };
+  const grow = async (space: string, to: number): Promise<void> => {
+    let next = created[space]!;
+    const labels = space === ns ? { 'service.kubernetes.io/service-proxy-name': 'extbackend' } : {};
     await Promise.all(
       Array.from({ length: 16 }, async () => {
         while (next < to) {
           const i = next++;
-          await client.create(`/api/v1/namespaces/${ns}/services`, {
-            metadata: { name: `svc-${i}`, labels: { 'service.kubernetes.io/service-proxy-name': 'extbackend' } },
-            spec: { ports: [{ name: 'http', port: 80, targetPort: 8080 }] },
-          });
-          await client.create(slicePath, sliceBody(i));
+          await client.create(`/api/v1/namespaces/${space}/services`, { metadata: { name: `svc-${i}`, labels }, spec: { ports: [{ name: 'http', port: 80, targetPort: 8080 }] } });
+          await client.create(slicePath(space), sliceBody(i, 0, space));
         }
       }),
     );
-    created = to;
+    created[space] = to;
   };
 
   const agentKubeconfig = path.join(path.dirname(cluster.kubeconfig), 'bench-agent.kubeconfig');
-  console.log(`agent benchmark: Services x ${ENDPOINTS} endpoints, one fresh agent per size and mode (Kubernetes ${cluster.version})`);
-  console.log('  services  mode       full sync   one-change sync   rules(+elements)   agent RSS');
+  console.log(`agent benchmark: Services x ${ENDPOINTS} endpoints, a fresh proxy per size, mode and proxy (Kubernetes ${cluster.version})`);
+  console.log('  services  mode      proxy        full sync   one-change sync   rules(+elements)        RSS');
+  const results = new Map<string, { full: number; partial: number }>();
   for (const size of sizes) {
-    await grow(size);
+    if (proxies.includes('ours')) await grow(ns, size);
+    if (proxies.includes('kube-proxy')) await grow(kpNs, size);
     for (const mode of modes) {
-      host = await createBackendHost();
-      const port = /server: https:\/\/127\.0\.0\.1:(\d+)/.exec(cluster.kubeconfigYaml)![1];
-      const kc = cluster.kubeconfigYaml.replace(/server: https:\/\/127\.0\.0\.1:\d+/, `server: https://${host.hostIP}:${port}\n    tls-server-name: localhost`);
-      (await import('node:fs')).writeFileSync(agentKubeconfig, kc, { mode: 0o600 });
-      const agent = host.spawn(process.execPath, ['--disable-warning=ExperimentalWarning', path.join(REPO_ROOT, 'bin', 'extbackend.js'), 'agent', '--kubeconfig', agentKubeconfig, '--node-name', 'bench-node', '--proxy-mode', mode, '--min-sync-period', '100ms', '--sync-period', '1h', '--http-address', `${host.ip}:10266`], {
-        env: { ...process.env, EXTBACKEND_LOG_LEVEL: 'warn' },
-      });
-      const metrics = async (): Promise<string> => {
-        for (;;) {
-          try {
-            return await (await fetch(`http://${host!.ip}:10266/metrics`)).text();
-          } catch {
-            await sleep(100);
+      for (const proxy of proxies) {
+        host = await createBackendHost();
+        const port = /server: https:\/\/127\.0\.0\.1:(\d+)/.exec(cluster.kubeconfigYaml)![1];
+        writeFileSync(agentKubeconfig, cluster.kubeconfigYaml.replace(/server: https:\/\/127\.0\.0\.1:\d+/, `server: https://${host.hostIP}:${port}\n    tls-server-name: localhost`), { mode: 0o600 });
+        const ours = proxy === 'ours';
+        const child = ours
+          ? host.spawn(process.execPath, ['--disable-warning=ExperimentalWarning', path.join(REPO_ROOT, 'bin', 'extbackend.js'), 'agent', '--kubeconfig', agentKubeconfig, '--node-name', 'bench-node', '--proxy-mode', mode, '--min-sync-period', '100ms', '--sync-period', '1h', '--http-address', `${host.ip}:10266`], { env: { ...process.env, EXTBACKEND_LOG_LEVEL: 'warn' } })
+          : host.spawn(cluster.build.bin('kube-proxy'), ['--kubeconfig', agentKubeconfig, '--hostname-override', 'bench-node', '--proxy-mode', mode, '--metrics-bind-address', `${host.ip}:10266`, '--healthz-bind-address', `${host.ip}:10256`, '--conntrack-max-per-core', '0', '--iptables-min-sync-period', '100ms', '--iptables-sync-period', '1h', '--iptables-localhost-nodeports=false', '--v', '0']);
+        let log = '';
+        child.stdout?.resume();
+        child.stderr?.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-4000)));
+        child.once('exit', (code) => code && console.error(`${proxy} exited (${code}):\n${log}`));
+        const metricsUrl = `http://${host.ip}:10266/metrics`;
+        const metrics = async (): Promise<string> => {
+          for (;;) {
+            try {
+              return await (await fetch(metricsUrl)).text();
+            } catch {
+              await sleep(100);
+            }
           }
+        };
+        const names = ours
+          ? { full: 'extbackend_agent_sync_duration_seconds_%{kind="full"}', partial: 'extbackend_agent_sync_duration_seconds_%{kind="partial"}' }
+          : { full: 'kubeproxy_sync_full_proxy_rules_duration_seconds_%', partial: 'kubeproxy_sync_partial_proxy_rules_duration_seconds_%' };
+        const metric = (m: string, which: 'full' | 'partial', part: 'count' | 'sum'): number => {
+          const name = names[which].replace('%', part).replace(/[{}"=]/g, (c) => `\\${c}`);
+          return sumMetric(m, new RegExp(`^${name}(\\{[^}]*\\})? `));
+        };
+        let m = await metrics();
+        while (metric(m, 'full', 'count') < 1) {
+          await sleep(200);
+          m = await metrics();
         }
-      };
-      const count = (m: string, kind: string): number => sumMetric(m, new RegExp(`^extbackend_agent_sync_duration_seconds_count\\{kind="${kind}"\\}`));
-      const sum = (m: string, kind: string): number => sumMetric(m, new RegExp(`^extbackend_agent_sync_duration_seconds_sum\\{kind="${kind}"\\}`));
-      let m = await metrics();
-      while (count(m, 'full') < 1) {
-        await sleep(200);
+        await sleep(1500); // let the follow-up syncs of the initial burst settle
         m = await metrics();
+        const full = metric(m, 'full', 'sum') / metric(m, 'full', 'count');
+        const space = ours ? ns : kpNs;
+        const before = { n: metric(m, 'partial', 'count'), s: metric(m, 'partial', 'sum') };
+        await client.request('PUT', `${slicePath(space)}/svc-0`, { body: sliceBody(0, 7, space) });
+        const deadline = Date.now() + 60_000;
+        while (metric(m, 'partial', 'count') === before.n && Date.now() < deadline) {
+          await sleep(50);
+          m = await metrics();
+        }
+        const partial = (metric(m, 'partial', 'sum') - before.s) / Math.max(1, metric(m, 'partial', 'count') - before.n);
+        await client.request('PUT', `${slicePath(space)}/svc-0`, { body: sliceBody(0, 0, space) });
+        // kube-proxy's rule-count metrics differ by mode and release: only ours are shown.
+        const rules = ours ? String(sumMetric(m, /^extbackend_agent_rules\{family="4"\}/)) : '-';
+        const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
+        results.set(`${size}/${mode}/${proxy}`, { full, partial });
+        console.log(`  ${String(size).padStart(8)}  ${mode.padEnd(8)}  ${proxy.padEnd(10)}  ${(full * 1000).toFixed(0).padStart(7)} ms   ${(partial * 1000).toFixed(1).padStart(10)} ms   ${rules.padStart(16)}   ${rss.toFixed(0).padStart(5)} MiB`);
+        child.kill('SIGTERM');
+        await host.destroy();
+        host = undefined;
       }
-      await sleep(1500); // let follow-up syncs of the initial burst settle
-      m = await metrics();
-      const full = sum(m, 'full') / count(m, 'full');
-      // One Service changes: its slice gets other endpoint addresses.
-      const before = { n: count(m, 'partial'), s: sum(m, 'partial') };
-      await client.request('PUT', `${slicePath}/svc-0`, { body: { ...sliceBody(0, 7), metadata: { ...sliceBody(0).metadata } } });
-      while (count(m, 'partial') === before.n) {
-        await sleep(50);
-        m = await metrics();
-      }
-      const partial = (sum(m, 'partial') - before.s) / (count(m, 'partial') - before.n);
-      await client.request('PUT', `${slicePath}/svc-0`, { body: sliceBody(0) });
-      const rules = sumMetric(m, /^extbackend_agent_rules\{family="4"\}/);
-      const rss = Number(/VmRSS:\s+(\d+)/.exec((await import('node:fs')).readFileSync(`/proc/${agent.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
-      console.log(`  ${String(size).padStart(8)}  ${mode.padEnd(9)}  ${(full * 1000).toFixed(0).padStart(6)} ms   ${(partial * 1000).toFixed(1).padStart(10)} ms   ${String(rules).padStart(16)}   ${rss.toFixed(0)} MiB`);
-      agent.kill('SIGTERM');
-      await host.destroy();
-      host = undefined;
+      const o = results.get(`${size}/${mode}/ours`);
+      const k = results.get(`${size}/${mode}/kube-proxy`);
+      if (o && k) console.log(`  ${String(size).padStart(8)}  ${mode.padEnd(8)}  ours/kube-proxy  full ${(o.full / k.full).toFixed(2)}, one change ${(o.partial / k.partial).toFixed(2)}`);
     }
   }
   await client.close();
