@@ -30,9 +30,12 @@ try {
   });
   // Pass ava's report through, and remember its counts for a plain closing line.
   let report = '';
-  ava.stdout.on('data', (d: Buffer) => {
-    process.stdout.write(d);
-    report = (report + d.toString()).slice(-4096);
+  let passed = 0;
+  ava.stdout.setEncoding('utf8'); // whole characters per chunk, so "✔" is never split
+  ava.stdout.on('data', (text: string) => {
+    process.stdout.write(text);
+    passed += (text.match(/✔/g) ?? []).length;
+    report = (report + text).slice(-4096);
   });
   // Forward Ctrl-C/SIGTERM to ava and let it finish its teardown before we stop the cluster.
   const forward = (sig: NodeJS.Signals): void => void ava.kill(sig);
@@ -40,7 +43,6 @@ try {
   process.on('SIGTERM', forward);
   exitCode = await new Promise<number>((resolve) => ava.on('close', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
   const count = (what: string): number => Number(new RegExp(`(\\d+) tests? ${what}`).exec(report)?.[1] ?? 0);
-  const passed = count('passed');
   const failed = count('failed') + count('known failure');
   process.stdout.write(`\ntests: ${passed} passed, ${failed} failed${count('skipped') ? `, ${count('skipped')} skipped` : ''}\n`);
   if (passed === 0 && exitCode === 0) exitCode = 1; // a run that tested nothing is not a success

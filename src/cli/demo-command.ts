@@ -56,6 +56,7 @@ export async function demoCommand(args: ParsedArgs): Promise<void> {
     // is Ready, try each Service from the node.
     let last = '';
     let tried = false;
+    let attempts = 0;
     const withoutAge = (table: string): string => table.replace(/\s+\S+$/gm, '');
     for (;;) {
       const table = await kubectl('get', 'externalbackends', '-A').catch((e: Error) => e.message);
@@ -64,7 +65,12 @@ export async function demoCommand(args: ParsedArgs): Promise<void> {
         last = table;
       }
       if (network && !tried && /Ready/.test(table) && !/NotReady|Degraded|Rejected|<none>/.test(table)) {
-        tried = await tryServicesFromNode(network, kubectl);
+        // The agent may still be programming: try again quietly for a while before showing a failure.
+        const result = await tryServicesFromNode(network, kubectl);
+        if (result.ok || ++attempts >= 20) {
+          process.stdout.write(result.text);
+          tried = true;
+        }
       }
       const signal = await Promise.race([stopped, new Promise((r) => setTimeout(r, 1000, undefined))]);
       if (signal) break;
@@ -94,8 +100,8 @@ async function startDemoAgent(cluster: LocalCluster, samples: string, log: Logge
   return network;
 }
 
-/** Connects to every Service from the node namespace and prints who answered. */
-async function tryServicesFromNode(network: DemoNetwork, kubectl: (...a: string[]) => Promise<string>): Promise<boolean> {
+/** Connects to every Service from the node namespace; says who answered. */
+async function tryServicesFromNode(network: DemoNetwork, kubectl: (...a: string[]) => Promise<string>): Promise<{ ok: boolean; text: string }> {
   const services = JSON.parse(await kubectl('get', 'services', '-A', '-l', 'extbackend.io/backend', '-o', 'json')) as {
     items: { metadata: { name: string; namespace: string }; spec: { clusterIP: string; ports: { port: number }[] } }[];
   };
@@ -106,6 +112,8 @@ async function tryServicesFromNode(network: DemoNetwork, kubectl: (...a: string[
     const answer = (await network.execInNode(process.execPath, ['-e', probe, svc.spec.clusterIP, String(port)]).catch((e: Error) => e.message)).trim();
     lines.push(`  ${svc.metadata.namespace}/${svc.metadata.name} ${svc.spec.clusterIP}:${port} -> answered by ${answer}`);
   }
-  process.stdout.write(`from the demo node (${network.node}), through the agent's rules:\n${lines.join('\n')}\n\n`);
-  return lines.every((l) => /answered by \d+\.\d+\.\d+\.\d+:\d+$/.test(l));
+  return {
+    ok: lines.every((l) => /answered by \d+\.\d+\.\d+\.\d+:\d+$/.test(l)),
+    text: `from the demo node (${network.node}), through the agent's rules:\n${lines.join('\n')}\n\n`,
+  };
 }

@@ -16,7 +16,14 @@ test('the demo shows every sample Ready and leaves nothing behind on Ctrl-C', as
   let err = '';
   demo.stdout.on('data', (d: Buffer) => (out += d.toString()));
   demo.stderr.on('data', (d: Buffer) => (err += d.toString()));
-  t.teardown(() => void demo.kill('SIGKILL'));
+  // On failure: Ctrl-C first so the demo cleans up, then make sure it is gone.
+  t.teardown(async () => {
+    if (demo.exitCode !== null || demo.signalCode !== null) return;
+    const exited = new Promise((r) => demo.once('exit', r));
+    demo.kill('SIGINT');
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000).unref())]);
+    demo.kill('SIGKILL');
+  });
   await waitFor('the samples to show Ready', () => {
     const tables = out.split(/\n(?=\d{4}-\d\d-\d\dT)/);
     const last = tables[tables.length - 1] ?? '';
@@ -42,5 +49,6 @@ test('the demo shows every sample Ready and leaves nothing behind on Ctrl-C', as
   t.is(code, 0);
   t.false(existsSync(path.dirname(kubeconfig)), 'its temp dir is gone');
   t.regex(err, /stopped and cleaned up/);
-  t.notRegex((await import('node:child_process')).execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), /xbdemo-/, 'no demo namespace is left');
+  const node = /from the demo node \((\S+)\)/.exec(out)?.[1];
+  if (node) t.notRegex((await import('node:child_process')).execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }), new RegExp(node.replace(/-node-/, '-\\w+-')), 'none of its namespaces is left');
 });
