@@ -31,9 +31,6 @@ export class ApiError extends Error {
 export function isNotFound(err: unknown): boolean {
   return err instanceof ApiError && err.code === 404;
 }
-export function isConflict(err: unknown): boolean {
-  return err instanceof ApiError && err.code === 409;
-}
 
 export interface WatchEvent<T> {
   type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
