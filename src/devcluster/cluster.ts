@@ -4,7 +4,7 @@
 // runs pods, which our tests never need.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import https from 'node:https';
 import http from 'node:http';
 import net from 'node:net';
@@ -133,10 +133,32 @@ function httpOk(url: string, options: https.RequestOptions = {}): Promise<boolea
   });
 }
 
+const WORK_DIR_PREFIX = 'extbackend-cluster-';
+
+/**
+ * Removes work dirs of clusters whose owner died without cleaning up (SIGKILL): their
+ * processes are gone already (pdeathsig), only the files stay behind.
+ */
+async function removeAbandonedWorkDirs(): Promise<void> {
+  const entries = await readdir(os.tmpdir()).catch(() => [] as string[]);
+  for (const name of entries.filter((e) => e.startsWith(WORK_DIR_PREFIX))) {
+    const dir = path.join(os.tmpdir(), name);
+    const owner = Number((await readFile(path.join(dir, 'owner.pid'), 'utf8').catch(() => '')).trim());
+    if (!owner) continue;
+    try {
+      process.kill(owner, 0);
+    } catch {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+}
+
 export async function startLocalCluster(options: LocalClusterOptions = {}): Promise<LocalCluster> {
   const log = logger('local-cluster');
   const build = await ensureControlPlane();
-  const workDir = options.workDir ?? (await mkdtemp(path.join(os.tmpdir(), 'extbackend-cluster-')));
+  await removeAbandonedWorkDirs();
+  const workDir = options.workDir ?? (await mkdtemp(path.join(os.tmpdir(), WORK_DIR_PREFIX)));
+  await writeFile(path.join(workDir, 'owner.pid'), `${process.pid}\n`);
   const removeWorkDir = !options.workDir;
   const dirs = { pki: path.join(workDir, 'pki'), etcd: path.join(workDir, 'etcd'), logs: path.join(workDir, 'logs') };
   await Promise.all(Object.values(dirs).map((d) => mkdir(d, { recursive: true })));
