@@ -11,6 +11,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT } from '../src/devcluster/build.ts';
 import { startLocalCluster } from '../src/devcluster/cluster.ts';
+import { kubeconfigViaAddress } from '../src/devcluster/pki.ts';
 import { KubeClient, loadKubeConfig } from '../src/runtime/kube-client.ts';
 import { createBackendHost, type BackendHost } from '../test/helpers/netns.ts';
 import { sumMetric, withCleanup } from './harness.ts';
@@ -74,8 +75,7 @@ try {
     for (const mode of modes) {
       for (const proxy of proxies) {
         host = await createBackendHost();
-        const port = /server: https:\/\/127\.0\.0\.1:(\d+)/.exec(cluster.kubeconfigYaml)![1];
-        writeFileSync(agentKubeconfig, cluster.kubeconfigYaml.replace(/server: https:\/\/127\.0\.0\.1:\d+/, `server: https://${host.hostIP}:${port}\n    tls-server-name: localhost`), { mode: 0o600 });
+        writeFileSync(agentKubeconfig, kubeconfigViaAddress(cluster.kubeconfigYaml, host.hostIP), { mode: 0o600 });
         const ours = proxy === 'ours';
         const child = ours
           ? host.spawn(process.execPath, ['--disable-warning=ExperimentalWarning', path.join(REPO_ROOT, 'bin', 'extbackend.js'), 'agent', '--kubeconfig', agentKubeconfig, '--node-name', 'bench-node', '--proxy-mode', mode, '--min-sync-period', '100ms', '--sync-period', '1h', '--http-address', `${host.ip}:10266`], { env: { ...process.env, EXTBACKEND_LOG_LEVEL: 'warn' } })

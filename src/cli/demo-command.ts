@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { REPO_ROOT } from '../devcluster/build.ts';
 import { startLocalCluster, type LocalCluster } from '../devcluster/cluster.ts';
 import { createDemoNetwork, type DemoNetwork } from '../devcluster/demo-network.ts';
+import { kubeconfigViaAddress } from '../devcluster/pki.ts';
 import type { Logger } from '../log.ts';
 import { logger } from '../log.ts';
 import { OPERATOR_DEFAULTS, startOperator } from '../operator/operator.ts';
@@ -91,7 +92,7 @@ async function startDemoAgent(cluster: LocalCluster, samples: string, log: Logge
   const ports = [...new Set([...samples.matchAll(/\b(?:port|targetPort): (\d+)/g)].map((m) => Number(m[1])))];
   const network = await createDemoNetwork(addresses, ports);
   const kubeconfig = path.join(path.dirname(cluster.kubeconfig), 'demo-agent.kubeconfig');
-  writeFileSync(kubeconfig, cluster.kubeconfigYaml.replace(/server: https:\/\/127\.0\.0\.1:(\d+)/, `server: https://${network.hostIP}:$1\n    tls-server-name: localhost`), { mode: 0o600 });
+  writeFileSync(kubeconfig, kubeconfigViaAddress(cluster.kubeconfigYaml, network.hostIP), { mode: 0o600 });
   const agent = network.spawnInNode(process.execPath, ['--disable-warning=ExperimentalWarning', path.join(REPO_ROOT, 'bin', 'extbackend.js'), 'agent', '--kubeconfig', kubeconfig, '--node-name', 'demo-node', '--min-sync-period', '200ms', '--http-address', `${network.nodeIP}:10266`], { ...process.env, EXTBACKEND_LOG_FORMAT: 'json' });
   agent.stderr?.on('data', (d: Buffer) => {
     for (const line of d.toString().split('\n').filter(Boolean)) if (/"level":"(warn|error)"/.test(line)) log.warn('agent', { line });

@@ -94,6 +94,15 @@ export async function createPki(dir: string, sans: string[]): Promise<ClusterPki
   };
 }
 
+/**
+ * The same kubeconfig, reaching the API server through another of this host's
+ * addresses (a veth into a network namespace): the port stays, and TLS verifies the
+ * name "localhost", which the serving certificate always covers.
+ */
+export function kubeconfigViaAddress(yaml: string, address: string): string {
+  return yaml.replace(/server: https:\/\/127\.0\.0\.1:(\d+)/, `server: https://${address}:$1\n    tls-server-name: localhost`);
+}
+
 /** A kubeconfig with credentials embedded, so it stays valid when the PKI dir is gone. */
 export function kubeconfigYaml(server: string, caPem: string, user: string, creds: ClientCredentials): string {
   const b64 = (s: string): string => Buffer.from(s).toString('base64');

@@ -109,8 +109,9 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     nodeIPs: nodes.list().flatMap((n) => (n.status?.addresses ?? []).filter((a) => a.type === 'InternalIP' || a.type === 'ExternalIP').map((a) => a.address)),
     apiServerIPs: apiSlices.list().flatMap((s) => (s.endpoints ?? []).flatMap((e) => e.addresses)),
   });
-  let policy: AddressPolicy = buildAddressPolicy(facts(), o.allowClusterAddresses);
-  let policyHash = shortHash(facts());
+  const initialFacts = facts();
+  let policy: AddressPolicy = buildAddressPolicy(initialFacts, o.allowClusterAddresses);
+  let policyHash = shortHash(initialFacts);
 
   const resolver = new AddressResolver(dnsLookup(o.dnsServers), o.dnsRefreshMs);
   const events = new ApiEventRecorder(client, 'extbackend-operator', log);
@@ -137,10 +138,11 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   controller.watch(endpoints, ownerKey);
   // A change in cluster networks can change which addresses are allowed: look at every backend again.
   const onFactsChange = (): void => {
-    const hash = shortHash(facts());
+    const now = facts();
+    const hash = shortHash(now);
     if (hash === policyHash) return;
     policyHash = hash;
-    policy = buildAddressPolicy(facts(), o.allowClusterAddresses);
+    policy = buildAddressPolicy(now, o.allowClusterAddresses);
     for (const eb of backends.list()) controller.queue.add(objectKey(eb));
   };
   for (const i of [nodes, apiSlices, ...(serviceCIDRs ? [serviceCIDRs] : [])]) i.on(onFactsChange);

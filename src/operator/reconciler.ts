@@ -103,14 +103,13 @@ interface HealthView {
 }
 
 /** Schedules the backend's probes and answers health from their current results. */
-async function healthView(deps: ReconcilerDeps, eb: ExternalBackend, resolved: ResolvedAddress[], owner: string): Promise<HealthView> {
+async function healthView(deps: ReconcilerDeps, eb: ExternalBackend, resolved: ResolvedAddress[], owner: string, mine: KubeObject[]): Promise<HealthView> {
   const scheduler = deps.probes;
   if (!scheduler || !eb.spec.healthCheck) {
     scheduler?.removeOwner(owner);
     return { health: ALWAYS_HEALTHY, probes: () => [], problems: [] };
   }
   const { tls, problem } = (await deps.tlsSecrets?.material(eb.metadata.namespace!, eb.spec.healthCheck.tls)) ?? {};
-  const mine = deps.slices.list().filter((s) => s.metadata.namespace === eb.metadata.namespace && s.metadata.labels?.[BACKEND_LABEL] === eb.metadata.name) as SliceView[];
   const published = publishedHealth(mine);
   const plan = planProbes(eb, resolved, tls, published);
   scheduler.setTargets(owner, plan.targets);
@@ -151,7 +150,9 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   const name = eb.metadata.name;
 
   const { resolved, refreshAfterMs } = await deps.resolver.resolve(eb.spec.addresses, deps.policy());
-  const view = await healthView(deps, eb, resolved, key);
+  // This backend's slices, read once from the cache for both health and slice writes.
+  const mine = deps.slices.list().filter((s) => s.metadata.namespace === ns && s.metadata.labels?.[BACKEND_LABEL] === name);
+  const view = await healthView(deps, eb, resolved, key, mine);
   const health = view.health;
   const computed = desiredState(eb, resolved, health);
   const desired = view.problems.length ? { ...computed, problems: [...computed.problems, ...view.problems] } : computed;
@@ -185,7 +186,7 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   }
 
   if (!conflict) {
-    await reconcileSlices(deps, eb, desired.slices, now);
+    await reconcileSlices(deps, eb, mine, desired.slices, now);
     conflict = await reconcileEndpoints(deps, eb, desired.endpoints);
   }
 
@@ -231,14 +232,9 @@ function needsRecreate(service: KubeObject, eb: ExternalBackend): boolean {
   return !!wanted && !isHeadless(eb) && observed !== wanted;
 }
 
-async function reconcileSlices(deps: ReconcilerDeps, eb: ExternalBackend, desired: KubeObject[], now: string): Promise<void> {
+async function reconcileSlices(deps: ReconcilerDeps, eb: ExternalBackend, mine: KubeObject[], desired: KubeObject[], now: string): Promise<void> {
   const ns = eb.metadata.namespace!;
-  const observed = new Map(
-    deps.slices
-      .list()
-      .filter((s) => s.metadata.namespace === ns && s.metadata.labels?.[BACKEND_LABEL] === eb.metadata.name && ownedBy(s, eb))
-      .map((s) => [s.metadata.name, s]),
-  );
+  const observed = new Map(mine.filter((s) => ownedBy(s, eb)).map((s) => [s.metadata.name, s]));
   for (const slice of desired) {
     const current = observed.get(slice.metadata.name);
     observed.delete(slice.metadata.name);

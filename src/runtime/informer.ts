@@ -40,8 +40,6 @@ export class Informer<T extends HasMetadata> {
   /** Resolves once the first list is in the cache. */
   readonly synced: Promise<void>;
   hasSynced = false;
-  /** Counts relists, for tests and metrics. */
-  lists = 0;
 
   constructor(options: InformerOptions) {
     this.options = options;
@@ -139,7 +137,6 @@ export class Informer<T extends HasMetadata> {
       try {
         if (this.resourceVersion === undefined) {
           const list = await client.list<T>(path, this.selectors());
-          this.lists++;
           this.replace(list.items);
           this.resourceVersion = list.metadata.resourceVersion;
           if (!this.hasSynced) {

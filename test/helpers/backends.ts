@@ -11,13 +11,14 @@ export interface RunningServer {
   signal(sig: NodeJS.Signals): void;
 }
 
-async function waitListening(child: ChildProcess, what: string): Promise<void> {
+/** Resolves once the process prints one of `texts` (stdout or stderr); rejects if it exits first or after 20 s. */
+export async function waitForOutput(child: ChildProcess, texts: string[], what: string): Promise<void> {
   let output = '';
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what} did not start within 20 s: ${output}`)), 20_000);
+    const timer = setTimeout(() => reject(new Error(`${what}: none of ${JSON.stringify(texts)} within 20 s: ${output}`)), 20_000);
     const onData = (d: Buffer): void => {
       output += d.toString();
-      if (output.includes('listening') || output.includes('ready to serve client requests')) {
+      if (texts.some((t) => output.includes(t))) {
         clearTimeout(timer);
         resolve();
       }
@@ -36,7 +37,7 @@ export async function runInHost(host: BackendHost, what: string, command: string
   let child: ChildProcess | undefined;
   const start = async (): Promise<void> => {
     child = host.spawn(command, args);
-    await waitListening(child, what);
+    await waitForOutput(child, ['listening', 'ready to serve client requests'], what);
   };
   await start();
   return {

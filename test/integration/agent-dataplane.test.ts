@@ -8,7 +8,9 @@ import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import type { ChildProcess } from 'node:child_process';
 import { REPO_ROOT } from '../../src/devcluster/build.ts';
+import { kubeconfigViaAddress } from '../../src/devcluster/pki.ts';
 import { applyYaml, kubectl, testKubeconfig, testNamespace, waitFor } from '../helpers/cluster.ts';
+import { waitForOutput } from '../helpers/backends.ts';
 import { createLab, type Lab, type LabHost } from '../helpers/lab.ts';
 import { startTestOperator } from '../helpers/operator.ts';
 
@@ -40,33 +42,16 @@ interface World {
   agentLog: string[];
 }
 
-async function waitOutput(child: ChildProcess, text: string, what: string): Promise<void> {
-  let out = '';
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what}: no "${text}" within 20 s: ${out}`)), 20_000);
-    const on = (d: Buffer): void => {
-      out += d.toString();
-      if (out.includes(text)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout?.on('data', on);
-    child.stderr?.on('data', on);
-    child.once('exit', (code) => reject(new Error(`${what} exited (${code}): ${out}`)));
-  });
-}
-
 async function startServer(host: LabHost, identity: string): Promise<ChildProcess> {
   const child = host.spawn(process.execPath, [...NODE_ARGS, SERVER, '--kind', 'http', '--host', host.ip, '--port', '8080', '--identity', identity]);
-  await waitOutput(child, 'listening', `server ${identity}`);
+  await waitForOutput(child, ['listening'], `server ${identity}`);
   return child;
 }
 
 /** A kubeconfig for agents in the lab: the API server through the host's lab address. */
 async function agentKubeconfig(lab: Lab): Promise<string> {
   const text = await readFile(testKubeconfig(), 'utf8');
-  const patched = text.replace(/server: https:\/\/127\.0\.0\.1:(\d+)/, `server: https://${lab.hostIP}:$1\n    tls-server-name: localhost`);
+  const patched = kubeconfigViaAddress(text, lab.hostIP);
   const file = path.join(path.dirname(testKubeconfig()), `agent-${randomBytes(3).toString('hex')}.kubeconfig`);
   await (await import('node:fs/promises')).writeFile(file, patched, { mode: 0o600 });
   return file;
@@ -84,7 +69,7 @@ async function startAgent(w: World, which: 'a' | 'b'): Promise<ChildProcess> {
   const record = (d: Buffer): void => void w.agentLog.push(...d.toString().split('\n').filter(Boolean).map((l) => `${which}: ${l}`));
   child.stdout?.on('data', record);
   child.stderr?.on('data', record);
-  await waitOutput(child, 'caches synced', `agent on ${which}`);
+  await waitForOutput(child, ['caches synced'], `agent on ${which}`);
   return child;
 }
 
