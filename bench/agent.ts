@@ -14,7 +14,7 @@ import { startLocalCluster } from '../src/devcluster/cluster.ts';
 import { kubeconfigViaAddress } from '../src/devcluster/pki.ts';
 import { KubeClient, loadKubeConfig } from '../src/runtime/kube-client.ts';
 import { createBackendHost, type BackendHost } from '../test/helpers/netns.ts';
-import { sumMetric, withCleanup } from './harness.ts';
+import { scrapeMetrics, sumMetric, withCleanup } from './harness.ts';
 
 const sizes = (process.argv[2] ?? '1000,5000,10000').split(',').map(Number);
 const modes = (process.argv[3] ?? 'iptables,nftables').split(',');
@@ -85,15 +85,7 @@ try {
         child.stderr?.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-4000)));
         child.once('exit', (code) => code && console.error(`${proxy} exited (${code}):\n${log}`));
         const metricsUrl = `http://${host.ip}:10266/metrics`;
-        const metrics = async (): Promise<string> => {
-          for (;;) {
-            try {
-              return await (await fetch(metricsUrl)).text();
-            } catch {
-              await sleep(100);
-            }
-          }
-        };
+        const metrics = (): Promise<string> => scrapeMetrics(metricsUrl);
         const names = ours
           ? { full: 'extbackend_agent_sync_duration_seconds_%{kind="full"}', partial: 'extbackend_agent_sync_duration_seconds_%{kind="partial"}' }
           : { full: 'kubeproxy_sync_full_proxy_rules_duration_seconds_%', partial: 'kubeproxy_sync_partial_proxy_rules_duration_seconds_%' };

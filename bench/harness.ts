@@ -31,15 +31,7 @@ export function spawnOperator(kubeconfig: string, extraArgs: string[] = [], node
   return {
     child,
     port,
-    metrics: async () => {
-      for (;;) {
-        try {
-          return await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-        } catch {
-          await sleep(100);
-        }
-      }
-    },
+    metrics: () => scrapeMetrics(`http://127.0.0.1:${port}/metrics`),
     peakRssMiB: () => Number(/VmHWM:\s+(\d+)/.exec(proc())?.[1] ?? 0) / 1024,
     cpuSeconds: () => {
       const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
@@ -52,6 +44,17 @@ export function spawnOperator(kubeconfig: string, extraArgs: string[] = [], node
       await exited;
     },
   };
+}
+
+/** A /metrics page, retried until the process serves it. */
+export async function scrapeMetrics(url: string): Promise<string> {
+  for (;;) {
+    try {
+      return await (await fetch(url)).text();
+    } catch {
+      await sleep(100);
+    }
+  }
 }
 
 /** Sum of the samples of a metric whose lines match `include` and not `exclude`. */
