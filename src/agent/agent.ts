@@ -14,6 +14,8 @@ import { Informer } from '../runtime/informer.ts';
 import { resourcePath, type KubeClient } from '../runtime/kube-client.ts';
 import { Registry } from '../runtime/metrics.ts';
 import { IptablesApplier } from './iptables/apply.ts';
+import { IpvsApplier, nodeAddresses, prepareIpvsNode, removeDummyInterface } from './ipvs/apply.ts';
+import type { Scheduler } from './ipvs/plan.ts';
 import { renderIptables } from './iptables/render.ts';
 import { NftablesApplier } from './nftables/apply.ts';
 import { renderNftables } from './nftables/render.ts';
@@ -31,6 +33,8 @@ export interface AgentOptions {
   mode: ProxyMode;
   nodePortCIDRs: string[];
   externalIPCIDRs: string[];
+  /** IPVS scheduler (ipvs mode only). */
+  ipvsScheduler?: Scheduler;
   syncPeriodMs: number;
   minSyncPeriodMs: number;
   httpAddress?: string;
@@ -68,7 +72,6 @@ async function clearStaleUdp(before: ProxyModel, after: ProxyModel, log: Logger)
 }
 
 export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
-  if (o.mode === 'ipvs') throw new Error('--proxy-mode ipvs is not implemented yet; use iptables or nftables');
   const { client, log } = o;
   const metrics = new Registry();
   const syncs = metrics.histogram('extbackend_agent_sync_duration_seconds', 'Time one sync of the rules took, full or partial.');
@@ -82,7 +85,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const slices = new Informer<SliceObj>({ client, path: resourcePath({ group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices' }), log });
   const nodes = new Informer<NodeObject>({ client, path: resourcePath({ group: '', version: 'v1', plural: 'nodes' }), fieldSelector: `metadata.name=${o.nodeName}`, log });
   const externalCidrs = o.externalIPCIDRs.map((c) => parseCidr(c)).filter((c) => c !== undefined);
-  const plane = dataPlane(o.mode, o.nodePortCIDRs);
+  const plane = dataPlane(o, log);
   let lastModel: ProxyModel = { ports: [] };
   const modelCache: ModelCache = new Map();
   let pendingTriggers: number[] = [];
@@ -216,7 +219,29 @@ interface DataPlane {
   sync(model: ProxyModel, family: 4 | 6, full: boolean): Promise<{ written: number; rules: number; names?: string[] }>;
 }
 
-function dataPlane(mode: ProxyMode, nodePortCIDRs: string[]): DataPlane {
+function dataPlane(o: AgentOptions, log: Logger): DataPlane {
+  const { mode, nodePortCIDRs } = o;
+  if (mode === 'ipvs') {
+    const appliers = { 4: new IpvsApplier(4), 6: new IpvsApplier(6) } as const;
+    const cidrs = nodePortCIDRs.map((c) => parseCidr(c)).filter((c) => c !== undefined);
+    let addresses: string[] | undefined;
+    const reported = new Set<string>();
+    return {
+      sync: async (model, family, full) => {
+        // Node addresses are re-read on full syncs (they rarely change; NodePorts follow within a sync period).
+        if (family === 4 && (full || !addresses)) {
+          await prepareIpvsNode();
+          addresses = await nodeAddresses((ip) => !cidrs.length || cidrs.some((c) => cidrContains(c, parseIP(ip)!)));
+        }
+        const r = await appliers[family].apply(model, full, { scheduler: o.ipvsScheduler ?? 'rr', nodeAddresses: addresses! });
+        for (const key of r.conflicts.filter((k) => !reported.has(k))) {
+          reported.add(key);
+          log.warn('an IPVS virtual server we need exists and is not ours; leaving it alone', { virtualServer: key });
+        }
+        return { written: r.written, rules: r.virtualServers + r.realServers };
+      },
+    };
+  }
   if (mode === 'nftables') {
     const appliers = { 4: new NftablesApplier('ip'), 6: new NftablesApplier('ip6') } as const;
     return {
@@ -246,6 +271,8 @@ export async function cleanupAgent(log: Logger): Promise<void> {
       return 0;
     });
     const tables = await new NftablesApplier(family === 4 ? 'ip' : 'ip6').cleanup();
-    log.info('removed our iptables hooks and chains and our nftables table', { family, iptables: removed, nftablesTables: tables });
+    const virtualServers = await new IpvsApplier(family).cleanup();
+    log.info('removed our iptables hooks and chains, nftables table and IPVS virtual servers', { family, iptables: removed, nftablesTables: tables, virtualServers });
   }
+  if (await removeDummyInterface()) log.info('removed our IPVS dummy interface');
 }

@@ -76,6 +76,8 @@ export interface ServicePortModel {
   healthCheckNodePort?: number;
   /** Local endpoints, for the health-check responder. */
   localEndpoints: number;
+  /** "ip:port" of serving endpoints that are terminating: IPVS drains these (weight 0) instead of cutting them off. */
+  terminatingEndpoints: string[];
 }
 
 export interface ProxyModel {
@@ -232,7 +234,8 @@ function servicePorts(svc: ServiceInput, svcSlices: SliceInput[], node: NodeInpu
       const protocol = PROTOCOLS[p.protocol ?? 'TCP'];
       if (!protocol) continue;
       const portName = p.name ?? '';
-      const usable = usableEndpoints(candidatesFor(svcSlices, family, portName, protocol));
+      const candidates = candidatesFor(svcSlices, family, portName, protocol);
+      const usable = usableEndpoints(candidates);
       const local = usable.filter((e) => e.nodeName === node.name);
       const clusterEndpoints = internalLocal ? local : applyTopologyKeys(usable, keys, node);
       ports.push({
@@ -252,6 +255,7 @@ function servicePorts(svc: ServiceInput, svcSlices: SliceInput[], node: NodeInpu
         externalLocal,
         ...(externalLocal && spec.healthCheckNodePort ? { healthCheckNodePort: spec.healthCheckNodePort } : {}),
         localEndpoints: local.length,
+        terminatingEndpoints: candidates.filter((e) => e.serving && e.terminating).map((e) => `${e.ip}:${e.port}`),
       });
     }
   }

@@ -1,5 +1,6 @@
 // `extbackend agent`: flags to AgentOptions; --cleanup removes everything and exits.
 import { cleanupAgent, startAgent, type ProxyMode } from '../agent/agent.ts';
+import { SCHEDULERS, type Scheduler } from '../agent/ipvs/plan.ts';
 import { logger } from '../log.ts';
 import { KubeClient } from '../runtime/kube-client.ts';
 import { UsageError, boolFlag, durationFlag, listFlag, stringFlag, type FlagSpecs, type ParsedArgs } from './args.ts';
@@ -7,7 +8,8 @@ import { untilSignal } from './signals.ts';
 
 export const agentFlags: FlagSpecs = {
   'node-name': { type: 'string', help: 'this node\'s name (default: $NODE_NAME)' },
-  'proxy-mode': { type: 'string', help: 'iptables (default) or nftables; also $EXTBACKEND_PROXY_MODE (ipvs is not implemented yet)' },
+  'proxy-mode': { type: 'string', help: 'iptables (default), nftables or ipvs; also $EXTBACKEND_PROXY_MODE' },
+  'ipvs-scheduler': { type: 'string', help: `IPVS scheduler: ${SCHEDULERS.join(', ')} (rr and lc become wrr and wlc for Services with unequal weights)`, default: 'rr' },
   'nodeport-addresses': { type: 'list', help: 'CIDRs NodePorts answer on (default: every local address)' },
   'external-ip-cidrs': { type: 'list', help: 'Service externalIPs are honoured only inside these CIDRs (default: none)' },
   'sync-period': { type: 'string', help: 'full resync interval', default: '30s' },
@@ -23,6 +25,8 @@ export async function agentCommand(args: ParsedArgs): Promise<void> {
   if (!nodeName) throw new UsageError('agent: --node-name (or $NODE_NAME) is required');
   const mode = (stringFlag(args, 'proxy-mode') ?? process.env.EXTBACKEND_PROXY_MODE ?? 'iptables') as ProxyMode;
   if (!['iptables', 'nftables', 'ipvs'].includes(mode)) throw new UsageError(`--proxy-mode must be iptables, nftables or ipvs, got "${mode}"`);
+  const scheduler = (stringFlag(args, 'ipvs-scheduler') ?? 'rr') as Scheduler;
+  if (!SCHEDULERS.includes(scheduler)) throw new UsageError(`--ipvs-scheduler must be one of ${SCHEDULERS.join(', ')}, got "${scheduler}"`);
   const client = await KubeClient.fromEnvironment(stringFlag(args, 'kubeconfig'));
   const abort = new AbortController();
   void untilSignal().then((sig) => {
@@ -36,6 +40,7 @@ export async function agentCommand(args: ParsedArgs): Promise<void> {
     mode,
     nodePortCIDRs: listFlag(args, 'nodeport-addresses'),
     externalIPCIDRs: listFlag(args, 'external-ip-cidrs'),
+    ipvsScheduler: scheduler,
     syncPeriodMs: durationFlag(args, 'sync-period') ?? 30_000,
     minSyncPeriodMs: durationFlag(args, 'min-sync-period') ?? 1_000,
     httpAddress: stringFlag(args, 'http-address'),

@@ -80,7 +80,7 @@ export interface RenderOptions {
   nodePortCIDRs: string[];
 }
 
-function chainOf(table: Table, name: string, rules: string[]): Chain {
+export function chainOf(table: Table, name: string, rules: string[]): Chain {
   const hash = createHash('sha256').update(rules.join('\n')).digest('hex').slice(0, 16);
   return { table, name, rules: [`-m comment --comment "xb-hash:${hash}"`, ...rules], hash };
 }
