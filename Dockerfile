@@ -8,7 +8,7 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 FROM node:24-bookworm-slim
 # The agent's data-plane tools; the operator does not use them.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables nftables ipvsadm ipset conntrack procps \
+ && apt-get install -y --no-install-recommends iptables nftables ipvsadm ipset iproute2 conntrack procps \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules

@@ -1,23 +1,29 @@
 // `npm test` after lint and typecheck: one shared local control plane for the whole
-// run, then ava. The cluster is stopped however ava ends (failure, Ctrl-C, SIGTERM).
+// run, then ava on this machine, then the IPVS tests in a qemu guest (this kernel has
+// no IP_VS). The cluster is stopped however the run ends (failure, Ctrl-C, SIGTERM).
+//   node test/run.ts [ava args]   host tests (all, or the files named) and, for a full run, the guest suite
+//   node test/run.ts --ipvs-only  just the guest suite
 import { execFileSync, spawn } from 'node:child_process';
-
 import path from 'node:path';
 import { REPO_ROOT } from '../src/devcluster/build.ts';
-import { startLocalCluster } from '../src/devcluster/cluster.ts';
+import { startLocalCluster, type LocalCluster } from '../src/devcluster/cluster.ts';
+import { runGuestSuite } from './guest/run-suite.ts';
 
 const avaCli = path.join(REPO_ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.js');
+const args = process.argv.slice(2);
+const ipvsOnly = args.includes('--ipvs-only');
+// `npm test -- test/unit/...` runs just those host files.
+const namesHostFiles = args.some((a) => !a.startsWith('-'));
 
-const cluster = await startLocalCluster();
-let exitCode = 1;
-try {
-  // Our CRDs exist before any test, as in a real install (and the garbage collector
-  // has discovered them by the time tests delete owners).
-  const kubectl = (...args: string[]): string =>
-    execFileSync(cluster.build.bin('kubectl'), ['--kubeconfig', cluster.kubeconfig, ...args], { encoding: 'utf8' });
-  kubectl('apply', '-f', path.join(REPO_ROOT, 'crds'));
-  kubectl('wait', '--for=condition=Established', '--timeout=60s', 'crd', '--all');
-  const ava = spawn(process.execPath, [avaCli, ...process.argv.slice(2)], {
+interface Counts {
+  passed: number;
+  failed: number;
+  skipped: number;
+  exitCode: number;
+}
+
+async function runHostTests(cluster: LocalCluster): Promise<Counts> {
+  const ava = spawn(process.execPath, [avaCli, ...args], {
     stdio: ['inherit', 'pipe', 'inherit'],
     env: {
       // Components under test log warnings and errors only, unless asked otherwise.
@@ -41,10 +47,29 @@ try {
   const forward = (sig: NodeJS.Signals): void => void ava.kill(sig);
   process.on('SIGINT', forward);
   process.on('SIGTERM', forward);
-  exitCode = await new Promise<number>((resolve) => ava.on('close', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  const exitCode = await new Promise<number>((resolve) => ava.on('close', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  process.off('SIGINT', forward);
+  process.off('SIGTERM', forward);
   const count = (what: string): number => Number(new RegExp(`(\\d+) tests? ${what}`).exec(report)?.[1] ?? 0);
-  const failed = count('failed') + count('known failure');
-  process.stdout.write(`\ntests: ${passed} passed, ${failed} failed${count('skipped') ? `, ${count('skipped')} skipped` : ''}\n`);
+  return { passed, failed: count('failed') + count('known failure'), skipped: count('skipped'), exitCode };
+}
+
+const cluster = await startLocalCluster();
+let exitCode = 1;
+try {
+  // Our CRDs exist before any test, as in a real install (and the garbage collector
+  // has discovered them by the time tests delete owners).
+  const kubectl = (...a: string[]): string => execFileSync(cluster.build.bin('kubectl'), ['--kubeconfig', cluster.kubeconfig, ...a], { encoding: 'utf8' });
+  kubectl('apply', '-f', path.join(REPO_ROOT, 'crds'));
+  kubectl('wait', '--for=condition=Established', '--timeout=60s', 'crd', '--all');
+
+  const host = ipvsOnly ? { passed: 0, failed: 0, skipped: 0, exitCode: 0 } : await runHostTests(cluster);
+  const guest = namesHostFiles ? undefined : await runGuestSuite(cluster);
+  const passed = host.passed + (guest?.passed ?? 0);
+  const failed = host.failed + (guest?.failed ?? 0);
+  const guestNote = !guest ? '' : guest.skipped ? `; the IPVS guest suite was SKIPPED: ${guest.skipped}` : ` (IPVS guest: ${guest.passed} passed, ${guest.failed} failed)`;
+  process.stdout.write(`\ntests: ${passed} passed, ${failed} failed${host.skipped ? `, ${host.skipped} skipped` : ''}${guestNote}\n`);
+  exitCode = host.exitCode || (failed ? 1 : 0);
   if (passed === 0 && exitCode === 0) exitCode = 1; // a run that tested nothing is not a success
 } finally {
   await cluster.stop();

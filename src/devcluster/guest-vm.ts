@@ -47,7 +47,12 @@ async function aptDownload(pkg: string, into: string): Promise<string> {
 
 /** The versioned kernel package the `linux-image-amd64` meta package points at now. */
 async function kernelPackage(): Promise<string> {
-  const { stdout } = await run(systemCommand('apt-cache'), ['depends', PACKAGES.kernel]);
+  const depends = async (): Promise<string> => (await run(systemCommand('apt-cache'), ['depends', PACKAGES.kernel])).stdout;
+  // A machine whose packages were all preinstalled may never have fetched the package lists.
+  const stdout = await depends().catch(async () => {
+    await run(systemCommand('apt-get'), ['update', '-qq']);
+    return depends();
+  });
   const m = /Depends:\s*(linux-image-[0-9][^\s]*)/.exec(stdout);
   if (!m?.[1]) throw new Error(`cannot tell which kernel ${PACKAGES.kernel} depends on (is the apt package list current?):\n${stdout}`);
   return m[1];
@@ -163,13 +168,18 @@ export interface GuestRunOptions {
   /** Shell script run as root in the guest, in the project directory. */
   script: string;
   env?: Record<string, string>;
-  /** Host loopback port of the API server, forwarded to GUEST_API_ADDRESS:GUEST_API_PORT. */
+  /**
+   * Host loopback port of the API server: forwarded to GUEST_API_ADDRESS:GUEST_API_PORT,
+   * and relayed from the same port on every guest address (so a host kubeconfig works).
+   */
   apiServerPort?: number;
   cpus?: number;
   memoryMiB?: number;
   timeoutMs: number;
   /** Every console line, as it arrives. */
   onLine?: (line: string) => void;
+  /** Puts files into the job directory (shared with the guest as /xb-job) before boot. */
+  beforeBoot?: (jobDir: string) => Promise<void>;
   log: Logger;
 }
 
@@ -202,6 +212,7 @@ ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 hostname xb-guest
+${o.apiServerPort ? `node '${path.join(projectDir, 'src', 'devcluster', 'tcp-relay.ts')}' 0.0.0.0:${o.apiServerPort} ${GUEST_API_ADDRESS}:${GUEST_API_PORT} > /run/api-relay.log 2>&1 &\nfor i in $(seq 100); do grep -q relaying /run/api-relay.log && break; sleep 0.1; done` : ''}
 echo '${READY_MARK}'
 ${env.join('\n')}
 cd '${projectDir}'
@@ -217,6 +228,7 @@ export async function runInGuest(o: GuestRunOptions, projectDir: string): Promis
   const jobDir = await mkdtemp(path.join(tmpdir(), 'xb-guest-'));
   await writeFile(path.join(jobDir, 'stage2.sh'), stage2(o, projectDir));
   await writeFile(path.join(jobDir, 'job.sh'), o.script);
+  await o.beforeBoot?.(jobDir);
   // Each guest connection to the API address runs one busybox nc to the host's loopback.
   const forward = o.apiServerPort ? `,guestfwd=tcp:${GUEST_API_ADDRESS}:${GUEST_API_PORT}-cmd:${o.image.busybox} nc 127.0.0.1 ${o.apiServerPort}` : '';
   const args = [

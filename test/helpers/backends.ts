@@ -3,6 +3,7 @@ import { once } from 'node:events';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { REPO_ROOT } from '../../src/devcluster/build.ts';
+import { TIME_SCALE } from './cluster.ts';
 import type { BackendHost } from './netns.ts';
 
 export interface RunningServer {
@@ -11,11 +12,12 @@ export interface RunningServer {
   signal(sig: NodeJS.Signals): void;
 }
 
-/** Resolves once the process prints one of `texts` (stdout or stderr); rejects if it exits first or after 20 s. */
+/** Resolves once the process prints one of `texts` (stdout or stderr); rejects if it exits first or after 20 s (× TIME_SCALE). */
 export async function waitForOutput(child: ChildProcess, texts: string[], what: string): Promise<void> {
   let output = '';
+  const limitMs = 20_000 * TIME_SCALE;
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what}: none of ${JSON.stringify(texts)} within 20 s: ${output}`)), 20_000);
+    const timer = setTimeout(() => reject(new Error(`${what}: none of ${JSON.stringify(texts)} within ${limitMs / 1000} s: ${output}`)), limitMs);
     const onData = (d: Buffer): void => {
       output += d.toString();
       if (texts.some((t) => output.includes(t))) {

@@ -70,12 +70,16 @@ export interface WaitOptions {
   intervalMs?: number;
 }
 
+/** Stretches every wait, for runs on a slow machine (the IPVS guest is emulated: 4). */
+export const TIME_SCALE = Number(process.env.EXTBACKEND_TEST_TIME_SCALE ?? '1');
+
 /**
  * Polls `probe` until it returns a value other than undefined/false. On timeout the
  * error names what was awaited and the last value or error seen.
  */
 export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false> | T | undefined | false, options: WaitOptions = {}): Promise<T> {
-  const { timeoutMs = 30_000, intervalMs = 200 } = options;
+  const { intervalMs = 200 } = options;
+  const timeoutMs = (options.timeoutMs ?? 30_000) * TIME_SCALE;
   const deadline = Date.now() + timeoutMs;
   let last: unknown = 'never probed';
   for (;;) {

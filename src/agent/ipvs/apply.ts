@@ -1,12 +1,13 @@
 // Applies an IPVS plan for one family: ipset entries, dummy-interface addresses, one
-// `ipvsadm-restore` batch of virtual/real server changes, and the few iptables rules
+// `ipvsadm -R` batch of virtual/real server changes (never `ipvsadm-restore`: that
+// script clears every virtual server first, other people's included), and the few iptables rules
 // (through the iptables applier). Diff-based and idempotent: a full sync re-reads the
 // kernel, a partial one diffs against what we last wrote. Additions happen before
 // the virtual servers that need them, removals after, and a virtual server is recorded
 // as ours (owned set) before it is created, so a crash never leaves one we forget.
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { systemCommand } from '../../net/system-command.ts';
 import { IptablesApplier } from '../iptables/apply.ts';
@@ -42,7 +43,13 @@ const SYSCTLS: Record<string, string> = {
 /** Makes the kernel ready for IPVS mode; one call serves both families. */
 export async function prepareIpvsNode(): Promise<void> {
   if (!existsSync('/proc/sys/net/ipv4/vs')) throw new Error('IPVS is not available in this kernel: load the ip_vs module (modprobe ip_vs) or use --proxy-mode iptables|nftables');
-  for (const [file, value] of Object.entries(SYSCTLS)) await writeFile(file, value);
+  for (const [file, value] of Object.entries(SYSCTLS)) {
+    if ((await readFile(file, 'utf8')).trim() === value) continue;
+    // In the DaemonSet /proc/sys is read-only; its init container sets these.
+    await writeFile(file, value).catch((err: Error) => {
+      throw new Error(`IPVS mode needs ${file.slice('/proc/sys/'.length).replaceAll('/', '.')}=${value} and it cannot be set here (${err.message})`);
+    });
+  }
   const links = await exec('ip', ['-o', 'link', 'show', 'dev', DUMMY_INTERFACE]).catch(() => '');
   if (!links.includes(DUMMY_INTERFACE)) await exec('ip', ['link', 'add', DUMMY_INTERFACE, 'type', 'dummy']);
 }
@@ -128,12 +135,13 @@ export class IpvsApplier {
       for (const m of have) if (!wanted.has(m)) dels.push(`del ${name} ${m}`);
     }
     const prefix = this.family === 4 ? 32 : 128;
-    const vipAdds = [...plan.vips].filter((v) => !this.knownVips.has(v)).map((v) => `address add ${v}/${prefix} dev ${DUMMY_INTERFACE}`);
+    // nodad: an IPv6 service address is usable at once, not "tentative" during duplicate detection.
+    const vipAdds = [...plan.vips].filter((v) => !this.knownVips.has(v)).map((v) => `address add ${v}/${prefix} dev ${DUMMY_INTERFACE}${this.family === 6 ? ' nodad' : ''}`);
     const vipDels = [...this.knownVips].filter((v) => !plan.vips.has(v)).map((v) => `address del ${v}/${prefix} dev ${DUMMY_INTERFACE}`);
 
     if (adds.length) await exec('ipset', ['restore', '-exist'], `${adds.join('\n')}\n`);
     if (vipAdds.length) await exec('ip', ['-batch', '-'], `${vipAdds.join('\n')}\n`);
-    if (diff.commands.length) await exec('ipvsadm-restore', [], `${diff.commands.join('\n')}\n`);
+    if (diff.commands.length) await exec('ipvsadm', ['-R'], `${diff.commands.join('\n')}\n`);
     if (dels.length) await exec('ipset', ['restore', '-exist'], `${dels.join('\n')}\n`);
     if (vipDels.length) await exec('ip', ['-batch', '-'], `${vipDels.join('\n')}\n`);
     await this.iptables.apply(plan.chains, full);
@@ -148,7 +156,8 @@ export class IpvsApplier {
       if (m) this.knownSets.get(this.sets.owned)!.delete(m);
     }
     this.knownVips = new Set(plan.vips);
-    const touched = new Set(diff.commands.map((c) => c.split(' ').slice(0, 3).join(' ')));
+    // "-a -t 10.96.0.10:80 -r ..." -> "-t 10.96.0.10:80": virtual servers touched.
+    const touched = new Set(diff.commands.map((c) => c.split(' ').slice(1, 3).join(' ')));
     let realServers = 0;
     for (const vs of plan.services.values()) realServers += vs.reals.length;
     return { written: touched.size, virtualServers: plan.services.size - conflicts.size, realServers, conflicts: diff.conflicts };
@@ -160,7 +169,7 @@ export class IpvsApplier {
     const saved = await exec('ipset', ['list', this.sets.owned, '-o', 'save']).catch(() => '');
     const current = parseIpvsSave(await exec('ipvsadm-save', ['-n']));
     const ours = [...saved.matchAll(new RegExp(`^add ${this.sets.owned} (\\S+)`, 'gm'))].map((m) => memberToKey(m[1]!)).filter((k) => k !== undefined && current.has(k));
-    if (ours.length) await exec('ipvsadm-restore', [], `${ours.map((k) => `-D ${k}`).join('\n')}\n`);
+    if (ours.length) await exec('ipvsadm', ['-R'], `${ours.map((k) => `-D ${k}`).join('\n')}\n`);
     for (const name of Object.values(this.sets)) await exec('ipset', ['destroy', name]).catch(() => undefined);
     return ours.length;
   }

@@ -1,4 +1,4 @@
-// IPVS state as `ipvsadm-save -n` prints it, and the `ipvsadm-restore` commands that
+// IPVS state as `ipvsadm-save -n` prints it, and the `ipvsadm -R` commands that
 // turn the kernel's state into the plan. Pure. Only virtual servers recorded as ours
 // are ever edited or deleted; one that exists but is not ours is reported, not taken.
 import type { L4 } from '../model.ts';
@@ -46,7 +46,7 @@ export function parseIpvsSave(text: string): Map<string, KernelVirtualServer> {
 }
 
 export interface IpvsDiff {
-  /** ipvsadm-restore input, in order. */
+  /** `ipvsadm -R` input, in order. */
   commands: string[];
   /** Keys of virtual servers created / deleted (the owned set follows). */
   created: string[];

@@ -1,0 +1,273 @@
+// The agent data-plane scenario shared by every proxy mode, with real traffic: two
+// node namespaces (zone-a and zone-b) each running an agent against the real API
+// server, three backend namespaces answering with their identity, the operator
+// publishing ExternalBackends, and clients inside the nodes and outside them.
+// iptables and nftables run it on this machine (test/integration), IPVS in the qemu
+// guest (test/guest).
+import { createHash, randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { ExecutionContext } from 'ava';
+import type { ChildProcess } from 'node:child_process';
+import { REPO_ROOT } from '../../src/devcluster/build.ts';
+import { kubeconfigViaAddress } from '../../src/devcluster/pki.ts';
+import { applyYaml, kubectl, testKubeconfig, testNamespace, waitFor } from './cluster.ts';
+import { waitForOutput } from './backends.ts';
+import { createLab, type Lab, type LabHost } from './lab.ts';
+import { startTestOperator } from './operator.ts';
+
+const BIN = path.join(REPO_ROOT, 'bin', 'extbackend.js');
+const SERVER = path.join(REPO_ROOT, 'test', 'helpers', 'backend-server.ts');
+const CLIENT = path.join(REPO_ROOT, 'test', 'helpers', 'http-client.ts');
+const NODE_ARGS = ['--disable-warning=ExperimentalWarning'];
+
+interface ClientResult {
+  requests: number;
+  answers: Record<string, number>;
+  failures: number;
+  errors: Record<string, number>;
+  failMs: number[];
+}
+
+export type Mode = 'iptables' | 'nftables' | 'ipvs';
+
+interface World {
+  mode: Mode;
+  ns: string;
+  lab: Lab;
+  nodes: { a: LabHost; b: LabHost };
+  nodeNames: { a: string; b: string };
+  backends: LabHost[];
+  servers: Map<string, ChildProcess>;
+  agents: Map<string, ChildProcess>;
+  kubeconfig: string;
+  agentLog: string[];
+}
+
+async function startServer(host: LabHost, identity: string): Promise<ChildProcess> {
+  const child = host.spawn(process.execPath, [...NODE_ARGS, SERVER, '--kind', 'http', '--host', host.ip, '--port', '8080', '--identity', identity]);
+  await waitForOutput(child, ['listening'], `server ${identity}`);
+  return child;
+}
+
+/** A kubeconfig for agents in the lab: the API server through the host's lab address. */
+async function agentKubeconfig(lab: Lab): Promise<string> {
+  const text = await readFile(testKubeconfig(), 'utf8');
+  const patched = kubeconfigViaAddress(text, lab.hostIP);
+  const file = path.join(path.dirname(testKubeconfig()), `agent-${randomBytes(3).toString('hex')}.kubeconfig`);
+  await (await import('node:fs/promises')).writeFile(file, patched, { mode: 0o600 });
+  return file;
+}
+
+async function startAgent(w: World, which: 'a' | 'b'): Promise<ChildProcess> {
+  const mode = w.mode;
+  const host = w.nodes[which];
+  const child = host.spawn(process.execPath, [...NODE_ARGS, BIN, 'agent', '--kubeconfig', w.kubeconfig, '--node-name', w.nodeNames[which], '--proxy-mode', mode, '--min-sync-period', '100ms', '--sync-period', '10s', '--http-address', `${host.ip}:10266`], {
+    ...process.env,
+    EXTBACKEND_LOG_LEVEL: 'info',
+    EXTBACKEND_LOG_FORMAT: 'json',
+  });
+  w.agents.set(which, child);
+  const record = (d: Buffer): void => void w.agentLog.push(...d.toString().split('\n').filter(Boolean).map((l) => `${which}: ${l}`));
+  child.stdout?.on('data', record);
+  child.stderr?.on('data', record);
+  await waitForOutput(child, ['caches synced'], `agent on ${which}`);
+  return child;
+}
+
+async function setup(t: ExecutionContext, mode: Mode): Promise<World> {
+  const ns = await testNamespace(t);
+  const lab = await createLab(t);
+  const nodes = { a: await lab.node('nodea'), b: await lab.node('nodeb') };
+  const id = randomBytes(3).toString('hex');
+  const nodeNames = { a: `node-a-${id}`, b: `node-b-${id}` };
+  for (const [k, zone] of [['a', 'zone-a'], ['b', 'zone-b']] as const) {
+    await applyYaml(`apiVersion: v1\nkind: Node\nmetadata:\n  name: ${nodeNames[k]}\n  labels: {topology.kubernetes.io/zone: ${zone}, kubernetes.io/hostname: ${nodeNames[k]}}\n`);
+    t.teardown(() => kubectl(['delete', 'node', nodeNames[k], '--ignore-not-found']).then(() => undefined));
+  }
+  const backends = [await lab.backend('b1'), await lab.backend('b2'), await lab.backend('b3')];
+  const servers = new Map<string, ChildProcess>();
+  for (const [i, b] of backends.entries()) servers.set(`b${i + 1}`, await startServer(b, `b${i + 1}`));
+  await startTestOperator(t, ns);
+  const w: World = { mode, ns, lab, nodes, nodeNames, backends, servers, agents: new Map(), kubeconfig: await agentKubeconfig(lab), agentLog: [] };
+  await startAgent(w, 'a');
+  await startAgent(w, 'b');
+  return w;
+}
+
+async function clusterIP(ns: string, name: string): Promise<string> {
+  return waitFor(`Service ${name} to have a cluster IP`, async () => (await kubectl(['-n', ns, 'get', 'service', name, '-o', 'jsonpath={.spec.clusterIP}'])).stdout.trim() || false);
+}
+
+async function request(from: LabHost, url: string, count: number, extra: string[] = []): Promise<ClientResult> {
+  const out = await from.exec(process.execPath, [...NODE_ARGS, CLIENT, '--url', url, '--count', String(count), ...extra]);
+  return JSON.parse(out) as ClientResult;
+}
+
+/** Waits until requests from `from` are answered by exactly the backends `expected` (the change is programmed). */
+async function waitForAnswers(from: LabHost, url: string, expected: string[], what: string): Promise<ClientResult> {
+  return waitFor(what, async () => {
+    const r = await request(from, url, 20, ['--timeout-ms', '500']);
+    const got = Object.keys(r.answers).sort();
+    return r.failures === 0 && got.join() === [...expected].sort().join() ? r : false;
+  }, { timeoutMs: 20_000, intervalMs: 300 });
+}
+
+function backendYaml(w: World, name: string, extra = '', addresses?: string): string {
+  const [b1, b2, b3] = w.backends;
+  const list = addresses ?? `
+  - {ip: ${b1!.ip}, nodeName: ${w.nodeNames.a}, zone: zone-a}
+  - {ip: ${b2!.ip}, zone: zone-a}
+  - {ip: ${b3!.ip}, zone: zone-b, weight: 2}`;
+  return `apiVersion: extbackend.io/v1alpha1
+kind: ExternalBackend
+metadata: {name: ${name}, namespace: ${w.ns}}
+spec:
+  addresses:${list}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+${extra}`;
+}
+
+/**
+ * What the kernel holds for a service, to tell "left alone" from "rewritten": rule
+ * handles (iptables-nft and nftables) or real servers (IPVS), and a counter that a
+ * rewrite would reset (packets through the rules, or the virtual server's connections).
+ */
+async function ruleSnapshot(w: World, node: LabHost, service: string, vip: string): Promise<{ listing: string; identity: string[]; counter: number }> {
+  const id = `${w.ns}/${service}:http/tcp`;
+  let listing: string;
+  if (w.mode === 'ipvs') {
+    listing = await node.exec('ipvsadm', ['-Ln', '--stats', '-t', `${vip}:80`]);
+    // "TCP  10.96.0.10:80   123   456 ..." : the second column counts connections.
+    const conns = Number(/^TCP\s+\S+\s+(\d+)/m.exec(listing)?.[1] ?? 0);
+    return { listing, identity: [...listing.matchAll(/-> (\S+)/g)].map((m) => m[1]!).filter((r) => r !== 'RemoteAddress:Port'), counter: conns };
+  }
+  if (w.mode === 'iptables') {
+    // iptables here is iptables-nft: the same rules, seen through nft, have handles.
+    const saved = await node.exec('iptables-save', ['-t', 'nat']);
+    const chain = new RegExp(`-A (XB-SVC-\\S+) .*${id.replace(/[/.]/g, (c) => `\\${c}`)} ->`).exec(saved)![1]!;
+    listing = await node.exec('nft', ['-a', 'list', 'chain', 'ip', 'nat', chain]);
+  } else {
+    const chain = `svc-${createHash('sha256').update(id).digest('hex').slice(0, 16)}`;
+    listing = await node.exec('nft', ['-a', 'list', 'chain', 'ip', 'extbackend', chain]);
+  }
+  const handles = [...listing.matchAll(/# handle (\d+)/g)].map((m) => m[1]!);
+  const packets = [...listing.matchAll(/counter packets (\d+)/g)].reduce((n, m) => Math.max(n, Number(m[1])), 0);
+  return { listing, identity: handles, counter: packets };
+}
+
+export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<void> {
+  const w = await setup(t, mode);
+  const { a, b } = w.nodes;
+
+  // Spread with weights 1:1:2.
+  await applyYaml(backendYaml(w, 'spread'));
+  const vip = await clusterIP(w.ns, 'spread');
+  const url = `http://${vip}/`;
+  await waitForAnswers(a, url, ['b1', 'b2', 'b3'], 'the agent to program the spread service');
+  const spread = await request(a, url, 400);
+  t.is(spread.failures, 0);
+  const share = (id: string): number => (spread.answers[id] ?? 0) / spread.requests;
+  t.log('spread 1:1:2 ->', spread.answers);
+  t.true(Math.abs(share('b1') - 0.25) < 0.08 && Math.abs(share('b2') - 0.25) < 0.08 && Math.abs(share('b3') - 0.5) < 0.08, JSON.stringify(spread.answers));
+
+  // topologyKeys: hostname, then zone, then anything.
+  await applyYaml(backendYaml(w, 'topo', '  service: {topologyKeys: [kubernetes.io/hostname, topology.kubernetes.io/zone, "*"]}'));
+  const topoUrl = `http://${await clusterIP(w.ns, 'topo')}/`;
+  await waitForAnswers(a, topoUrl, ['b1'], 'node a to use the host on its own node');
+  t.deepEqual(Object.keys((await request(a, topoUrl, 50)).answers), ['b1']);
+  await waitForAnswers(b, topoUrl, ['b3'], 'node b to use its zone');
+  t.deepEqual(Object.keys((await request(b, topoUrl, 50)).answers), ['b3']);
+
+  // No key matches on node b: rejected at once, not a timeout.
+  await applyYaml(backendYaml(w, 'nomatch', '  service: {topologyKeys: [kubernetes.io/hostname, topology.kubernetes.io/zone]}', `\n  - {ip: ${w.backends[0]!.ip}, nodeName: ${w.nodeNames.a}, zone: zone-a}`));
+  const noMatchUrl = `http://${await clusterIP(w.ns, 'nomatch')}/`;
+  await waitForAnswers(a, noMatchUrl, ['b1'], 'node a to reach its own host');
+  const refused = await waitFor('node b to refuse', async () => {
+    const r = await request(b, noMatchUrl, 5, ['--timeout-ms', '1000']);
+    return r.errors.ECONNREFUSED === 5 ? r : false;
+  });
+  t.true(Math.max(...refused.failMs) < 100, `refused within ${Math.max(...refused.failMs)} ms`);
+
+  // NodePort from a client outside every node.
+  await applyYaml(backendYaml(w, 'np', '  service: {type: NodePort}'));
+  const nodePort = await waitFor('a node port', async () => (await kubectl(['-n', w.ns, 'get', 'service', 'np', '-o', 'jsonpath={.spec.ports[0].nodePort}'])).stdout.trim() || false);
+  const client = await w.lab.client('client');
+  const fromOutside = await waitForAnswers(client, `http://${a.ip}:${nodePort}/`, ['b1', 'b2', 'b3'], 'the node port to answer from outside');
+  t.is(fromOutside.failures, 0);
+
+  // ClientIP affinity sticks.
+  await applyYaml(backendYaml(w, 'sticky', '  service: {sessionAffinity: ClientIP, sessionAffinityTimeoutSeconds: 60}'));
+  const stickyUrl = `http://${await clusterIP(w.ns, 'sticky')}/`;
+  await waitFor('the sticky service to answer', async () => (await request(a, stickyUrl, 5, ['--timeout-ms', '500'])).failures === 0, { timeoutMs: 20_000, intervalMs: 300 });
+  const sticky = await request(a, stickyUrl, 60);
+  t.is(Object.keys(sticky.answers).length, 1, `one backend for one client: ${JSON.stringify(sticky.answers)}`);
+
+  // Failover: a stopped host gets no new connections once probes mark it.
+  await applyYaml(backendYaml(w, 'probed', '  healthCheck: {type: http, periodSeconds: 1, failureThreshold: 2}'));
+  const probedUrl = `http://${await clusterIP(w.ns, 'probed')}/`;
+  await waitForAnswers(a, probedUrl, ['b1', 'b2', 'b3'], 'the probed service');
+  w.servers.get('b2')!.kill('SIGKILL');
+  await waitForAnswers(a, probedUrl, ['b1', 'b3'], 'b2 to leave rotation');
+  const after = await request(a, probedUrl, 100);
+  t.is(after.failures, 0);
+  t.is(after.answers.b2, undefined);
+
+  // Restarting the agent under a client loop fails no request and keeps the rules (and
+  // their counters: the per-service chain's balancing rules count every connection).
+  const probedVip = await clusterIP(w.ns, 'probed');
+  const chainBefore = await ruleSnapshot(w, a, 'probed', probedVip);
+  const control = await request(a, probedUrl, 0, ['--duration-ms', '3000', '--interval-ms', '10', '--timeout-ms', '3000']);
+  t.log('control loop without restart:', JSON.stringify({ requests: control.requests, failures: control.failures, errors: control.errors }));
+  if (control.failures) t.log(w.agentLog.filter((l) => l.startsWith('a:')).slice(-15).join('\n'), await a.exec('conntrack', ['-L', '-p', 'tcp', '--dst-nat', w.backends[1]!.ip]).catch((e: Error) => e.message));
+  t.true(chainBefore.counter > 0, 'the service\'s rules have counted traffic');
+  const loop = request(a, probedUrl, 0, ['--duration-ms', '6000', '--interval-ms', '10', '--timeout-ms', '3000']);
+  await new Promise((r) => setTimeout(r, 1000));
+  const agentA = w.agents.get('a')!;
+  const exited = new Promise((r) => agentA.once('exit', r));
+  agentA.kill('SIGTERM');
+  await exited;
+  await startAgent(w, 'a');
+  const during = await loop;
+  if (during.failures) t.log(JSON.stringify(during), w.agentLog.slice(-30).join('\n'));
+  t.true(during.requests > 100, `the loop ran (${during.requests} requests)`);
+  t.is(during.failures, 0, `no failed request across the restart: ${JSON.stringify(during.errors)}`);
+  const chainAfter = await ruleSnapshot(w, a, 'probed', probedVip);
+  if (chainAfter.identity.join() !== chainBefore.identity.join()) t.log(chainBefore.listing, chainAfter.listing, w.agentLog.filter((l) => l.startsWith('a:')).slice(-8).join('\n'));
+  t.true(chainBefore.identity.length > 0);
+  t.deepEqual(chainAfter.identity, chainBefore.identity, 'the same rules (same handles / real servers): nothing was rewritten');
+  t.true(chainAfter.counter > chainBefore.counter, 'and its counters kept counting');
+
+  // Rules that are not ours stay; --cleanup removes all of ours and nothing else.
+  await b.exec('iptables', ['-t', 'nat', '-N', 'KUBE-SERVICES']);
+  await b.exec('iptables', ['-t', 'nat', '-A', 'KUBE-SERVICES', '-d', '10.0.0.1/32', '-j', 'RETURN']);
+  await b.exec('nft', ['add', 'table', 'inet', 'foreign']);
+  await b.exec('nft', ['add', 'chain', 'inet', 'foreign', 'keep']);
+  const foreignIpvs = '-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.0.2:80 -m -w 1\n';
+  if (w.mode === 'ipvs') {
+    await b.exec('ipvsadm', ['-A', '-t', '10.0.0.1:80', '-s', 'rr']);
+    await b.exec('ipvsadm', ['-a', '-t', '10.0.0.1:80', '-r', '10.0.0.2:80', '-m', '-w', '1']);
+  }
+  await applyYaml(backendYaml(w, 'another', '', `\n  - {ip: ${w.backends[0]!.ip}}\n  - {ip: ${w.backends[2]!.ip}}`));
+  await waitForAnswers(b, `http://${await clusterIP(w.ns, 'another')}/`, ['b1', 'b3'], 'node b to program another service');
+  t.regex(await b.exec('iptables-save', ['-t', 'nat']), /-A KUBE-SERVICES -d 10\.0\.0\.1\/32 -j RETURN/);
+  t.regex(await b.exec('nft', ['list', 'table', 'inet', 'foreign']), /chain keep/);
+  if (w.mode === 'ipvs') t.regex(await b.exec('ipvsadm-save', ['-n']), /-a -t 10\.0\.0\.1:80 -r 10\.0\.0\.2:80 -m -w 1/, 'a foreign virtual server survives our syncs');
+  const agentB = w.agents.get('b')!;
+  agentB.kill('SIGTERM');
+  await new Promise((r) => agentB.once('exit', r));
+  await b.exec(process.execPath, [...NODE_ARGS, BIN, 'agent', '--cleanup']);
+  const leftNat = await b.exec('iptables-save', ['-t', 'nat']);
+  const leftFilter = await b.exec('iptables-save', ['-t', 'filter']);
+  t.notRegex(leftNat + leftFilter, /XB-|extbackend/, 'nothing of ours is left');
+  t.notRegex(await b.exec('nft', ['list', 'tables']), /extbackend/, 'our nftables table is gone');
+  t.regex(leftNat, /-A KUBE-SERVICES -d 10\.0\.0\.1\/32 -j RETURN/, 'foreign rules untouched');
+  t.regex(await b.exec('nft', ['list', 'table', 'inet', 'foreign']), /chain keep/);
+  if (w.mode === 'ipvs') {
+    t.is(await b.exec('ipvsadm-save', ['-n']), foreignIpvs, 'only the foreign virtual server is left');
+    t.notRegex(await b.exec('ipset', ['list', '-n']), /XB-/, 'our sets are gone');
+    t.notRegex(await b.exec('ip', ['-o', 'link']), /xb-ipvs0/, 'our dummy interface is gone');
+  }
+}
+
+export const SCENARIO_STEPS = 'spread, weights, topologyKeys, reject, NodePort, affinity, failover, restart, foreign rules, cleanup';
