@@ -1,6 +1,7 @@
 // System tools by absolute path: npm puts node_modules/.bin first on PATH, and an
 // npm package may ship a binary named like a system tool (ava depends on one called
 // `nft`, for instance).
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 
@@ -14,4 +15,23 @@ export function systemCommand(name: string): string {
     cache.set(name, found);
   }
   return found;
+}
+
+/**
+ * Runs a system tool (by absolute path), optionally feeding `input` on stdin; resolves
+ * with stdout, rejects with the exit code and stderr in the message (and `code`).
+ */
+export function runTool(name: string, args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(systemCommand(name), args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => out.push(d));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(Buffer.concat(out).toString()) : reject(Object.assign(new Error(`${name} ${args.join(' ')} failed (${code}): ${err.trim()}`), { code }))));
+    // A command that fails early may close its stdin first: the exit code reports that.
+    child.stdin?.on('error', () => undefined);
+    child.stdin?.end(input);
+  });
 }

@@ -2,12 +2,9 @@
 // sync: only chains whose content hash differs from what is in the kernel are
 // rewritten, chains we no longer need are deleted, nothing that is not ours (prefix
 // XB-) is touched. The kernel is the source of truth: a full sync re-reads it.
-import { execFile, spawn } from 'node:child_process';
-import { promisify } from 'node:util';
-import { systemCommand } from '../../net/system-command.ts';
+import { runTool } from '../../net/system-command.ts';
 import { CHAIN_PREFIX, HOOKS, restoreInput, type Chain, type Table } from './render.ts';
 
-const run = promisify(execFile);
 
 export interface IptablesCommands {
   save: string;
@@ -17,7 +14,7 @@ export interface IptablesCommands {
 
 export function commandsFor(family: 4 | 6): IptablesCommands {
   const v = family === 4 ? '' : '6';
-  return { save: systemCommand(`ip${v}tables-save`), restore: systemCommand(`ip${v}tables-restore`), iptables: systemCommand(`ip${v}tables`) };
+  return { save: `ip${v}tables-save`, restore: `ip${v}tables-restore`, iptables: `ip${v}tables` };
 }
 
 /** Our chains in the kernel now, with the content hash each was written with. */
@@ -52,22 +49,8 @@ export class IptablesApplier {
     this.cmd = commandsFor(family);
   }
 
-  private async exec(command: string, args: string[], input?: string): Promise<string> {
-    if (input === undefined) {
-      const { stdout } = await run(command, args, { maxBuffer: 256 * 1024 * 1024 });
-      return stdout;
-    }
-    return new Promise((resolve, reject) => {
-      const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-      let out = '';
-      let err = '';
-      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-      child.on('error', reject);
-      child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${command} ${args.join(' ')} failed (${code}): ${err.trim()}`))));
-      child.stdin.on('error', () => undefined); // an early failure closes stdin: the exit code says why
-      child.stdin.end(input);
-    });
+  private exec(command: string, args: string[], input?: string): Promise<string> {
+    return runTool(command, args, input);
   }
 
   /** Reads what our chains hold now (after a restart, or to verify on a full sync). */

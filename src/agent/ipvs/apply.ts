@@ -5,32 +5,15 @@
 // kernel, a partial one diffs against what we last wrote. Additions happen before
 // the virtual servers that need them, removals after, and a virtual server is recorded
 // as ours (owned set) before it is created, so a crash never leaves one we forget.
-import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
-import { promisify } from 'node:util';
-import { systemCommand } from '../../net/system-command.ts';
+import { runTool } from '../../net/system-command.ts';
 import { IptablesApplier } from '../iptables/apply.ts';
 import type { L4, ProxyModel } from '../model.ts';
 import { afterApply, diffIpvs, parseIpvsSave, type KernelVirtualServer } from './diff.ts';
 import { DUMMY_INTERFACE, IpvsPlanner, ipsetNames, serviceKey, type IpvsPlan, type Scheduler, type VirtualServer } from './plan.ts';
 
-const run = promisify(execFile);
-
-async function exec(command: string, args: string[], input?: string): Promise<string> {
-  if (input === undefined) return (await run(systemCommand(command), args, { maxBuffer: 512 * 1024 * 1024 })).stdout;
-  return new Promise((resolve, reject) => {
-    const child = spawn(systemCommand(command), args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${command} ${args.join(' ')} failed (${code}): ${err.trim()}`))));
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(input);
-  });
-}
+const exec = runTool;
 
 // What kube-proxy's IPVS mode sets too: NAT for IPVS connections (for masquerade),
 // and connections to a removed real server end instead of hanging.

@@ -3,8 +3,7 @@
 // differs from the kernel's; map elements are diffed against what we last wrote, and
 // on a full sync each map is flushed and refilled inside the same transaction (atomic:
 // no packet sees it empty). Only our table is ever touched.
-import { spawn } from 'node:child_process';
-import { systemCommand } from '../../net/system-command.ts';
+import { runTool } from '../../net/system-command.ts';
 import { mapDefinitions, TABLE, type MapName, type NftState } from './render.ts';
 
 /** Chains (with their hash comment) and sets of our table, from `nft list table`. */
@@ -31,20 +30,7 @@ export function parseTable(text: string): { chains: Map<string, string | undefin
   return { chains, sets };
 }
 
-async function nft(args: string[], input?: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(systemCommand('nft'), args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve(out) : reject(Object.assign(new Error(`nft ${args.join(' ')} failed (${code}): ${err.trim()}`), { code }))));
-    // A command that fails early may close its stdin first: the exit code reports that.
-    child.stdin?.on('error', () => undefined);
-    child.stdin?.end(input);
-  });
-}
+const nft = (args: string[], input?: string): Promise<string> => runTool('nft', args, input);
 
 /** Stale chains are deleted referrers first: service chains before endpoint chains. */
 const deleteOrder = (name: string): number => (name.startsWith('svc-') || name.startsWith('ext-') ? 0 : name.startsWith('sep-') ? 1 : 2);
