@@ -234,7 +234,8 @@ export async function runInGuest(o: GuestRunOptions, projectDir: string): Promis
   const args = [
     '-accel', 'tcg,thread=multi',
     '-machine', 'q35',
-    '-cpu', 'max',
+    // No AVX: qemu's TCG emulation of it is new, and Node crashed (SIGSEGV) under '-cpu max'.
+    '-cpu', 'Nehalem',
     '-smp', String(o.cpus ?? 2),
     '-m', String(o.memoryMiB ?? 2048),
     '-nographic', '-no-reboot',

@@ -11,7 +11,7 @@ import type { ExecutionContext } from 'ava';
 import type { ChildProcess } from 'node:child_process';
 import { REPO_ROOT } from '../../src/devcluster/build.ts';
 import { kubeconfigViaAddress } from '../../src/devcluster/pki.ts';
-import { applyYaml, kubectl, testKubeconfig, testNamespace, waitFor } from './cluster.ts';
+import { applyYaml, kubectl, testKubeconfig, testNamespace, TIME_SCALE, waitFor } from './cluster.ts';
 import { waitForOutput } from './backends.ts';
 import { createLab, type Lab, type LabHost } from './lab.ts';
 import { startTestOperator } from './operator.ts';
@@ -187,7 +187,8 @@ export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<vo
     const r = await request(b, noMatchUrl, 5, ['--timeout-ms', '1000']);
     return r.errors.ECONNREFUSED === 5 ? r : false;
   });
-  t.true(Math.max(...refused.failMs) < 100, `refused within ${Math.max(...refused.failMs)} ms`);
+  // 100 ms on real CPUs; the emulated guest stretches it (a dropped packet would still wait out the 1 s timeout).
+  t.true(Math.max(...refused.failMs) < 100 * TIME_SCALE, `refused within ${Math.max(...refused.failMs)} ms`);
 
   // NodePort from a client outside every node.
   await applyYaml(backendYaml(w, 'np', '  service: {type: NodePort}'));
