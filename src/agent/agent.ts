@@ -58,8 +58,13 @@ export interface RunningAgent {
 
 /** UDP flows to endpoints that are gone would stick to them until their conntrack entries time out. */
 async function clearStaleUdp(before: ProxyModel, after: ProxyModel, log: Logger): Promise<void> {
-  const now = new Map(after.ports.map((p) => [p.id, new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))]));
-  for (const p of before.ports.filter((x) => x.protocol === 'udp')) {
+  // Ports are immutable and reused while unchanged: only UDP ports that are new objects can have lost endpoints.
+  const afterUdp = after.ports.filter((p) => p.protocol === 'udp');
+  const unchanged = new Set(afterUdp);
+  const changed = before.ports.filter((p) => p.protocol === 'udp' && !unchanged.has(p));
+  if (!changed.length) return;
+  const now = new Map(afterUdp.map((p) => [p.id, new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))]));
+  for (const p of changed) {
     const keep = now.get(p.id) ?? new Set<string>();
     for (const ip of new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))) {
       if (keep.has(ip)) continue;

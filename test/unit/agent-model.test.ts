@@ -1,9 +1,12 @@
-// The agent's policy decisions, checked by walking the rendered iptables rules for a packet.
-import test from 'ava';
+// The agent's policy decisions, checked by walking the rendered iptables rules and the
+// rendered nftables table for a packet: every case runs through both.
+import test, { type ExecutionContext } from 'ava';
 import { parseSaved } from '../../src/agent/iptables/apply.ts';
 import { renderIptables } from '../../src/agent/iptables/render.ts';
 import { applyTopologyKeys, buildProxyModel, usableEndpoints, type NodeInput, type ServiceInput, type SliceInput } from '../../src/agent/model.ts';
+import { renderNftables } from '../../src/agent/nftables/render.ts';
 import { trace, verdicts, type Packet } from '../helpers/iptables-tracer.ts';
+import { traceNft } from '../helpers/nftables-tracer.ts';
 
 const nodeA: NodeInput = { name: 'node-a', labels: { 'topology.kubernetes.io/zone': 'zone-a', rack: 'r1' }, nodePortAddresses: [] };
 const nodeB: NodeInput = { name: 'node-b', labels: { 'topology.kubernetes.io/zone': 'zone-b' }, nodePortAddresses: [] };
@@ -28,9 +31,22 @@ function slice(endpoints: Ep[], topology: Record<string, unknown> = {}): SliceIn
   };
 }
 
-function run(svc: ServiceInput, slices: SliceInput[], node: NodeInput, packet: Packet, allowExternal = false) {
+type Mode = 'iptables' | 'nftables';
+let mode: Mode = 'iptables';
+
+function run(svc: ServiceInput, slices: SliceInput[], node: NodeInput, packet: Packet, allowExternal = false, nodePortCIDRs: string[] = []) {
   const model = buildProxyModel([svc], slices, node, { externalIPAllowed: () => allowExternal });
-  return trace(renderIptables(model, 4, { nodePortCIDRs: [] }), packet);
+  return mode === 'iptables' ? trace(renderIptables(model, 4, { nodePortCIDRs }), packet) : traceNft(renderNftables(model, 4, { nodePortCIDRs }), packet);
+}
+
+/** Declares a policy test once per data plane; the rules differ, the verdicts must not. */
+function policy(title: string, body: (t: ExecutionContext) => void | Promise<void>): void {
+  for (const m of ['iptables', 'nftables'] as const) {
+    test.serial(`${m}: ${title}`, (t) => {
+      mode = m;
+      return body(t);
+    });
+  }
 }
 
 const toVip: Packet = { dst: '10.96.0.10', protocol: 'tcp', dport: 80 };
@@ -40,20 +56,20 @@ const three = [
   { ip: '198.18.0.3', zone: 'zone-b' },
 ];
 
-test('cluster IP: weighted spread over ready endpoints, masqueraded', (t) => {
+policy('cluster IP: weighted spread over ready endpoints, masqueraded', (t) => {
   const out = run(service({}), [slice(three, { '198.18.0.3': { weight: 2 } })], nodeA, toVip);
   t.deepEqual(verdicts(out), { '198.18.0.1:8080': 0.25, '198.18.0.2:8080': 0.25, '198.18.0.3:8080': 0.5 });
   t.true(out.every((o) => o.masquerade), 'outside hosts cannot route to pod IPs');
 });
 
-test('no ready endpoints: serving+terminating ones, else reject', (t) => {
+policy('no ready endpoints: serving+terminating ones, else reject', (t) => {
   const draining = [{ ip: '198.18.0.1', ready: false }, { ip: '198.18.0.2', ready: false, serving: true, terminating: true }];
   t.deepEqual(verdicts(run(service({}), [slice(draining)], nodeA, toVip)), { '198.18.0.2:8080': 1 });
   t.deepEqual(verdicts(run(service({}), [slice([{ ip: '198.18.0.1', ready: false }])], nodeA, toVip)), { REJECT: 1 });
   t.deepEqual(verdicts(run(service({}), [], nodeA, toVip)), { REJECT: 1 });
 });
 
-test('topologyKeys: hostname, then zone, then any; no match rejects', (t) => {
+policy('topologyKeys: hostname, then zone, then any; no match rejects', (t) => {
   const keys = { 'extbackend.io/topology-keys': 'kubernetes.io/hostname,topology.kubernetes.io/zone,*' };
   t.deepEqual(verdicts(run(service({}, keys), [slice(three)], nodeA, toVip)), { '198.18.0.1:8080': 1 });
   t.deepEqual(verdicts(run(service({}, keys), [slice(three)], nodeB, toVip)), { '198.18.0.3:8080': 1 });
@@ -65,7 +81,7 @@ test('topologyKeys: hostname, then zone, then any; no match rejects', (t) => {
   t.deepEqual(verdicts(run(service({}, rack), [slice(three, { '198.18.0.2': { topology: { rack: 'r1' } } })], nodeA, toVip)), { '198.18.0.2:8080': 1 }, 'free-form keys from the topology annotation');
 });
 
-test('NodePort: only to local destinations; externalTrafficPolicy Local keeps the source and uses local endpoints', (t) => {
+policy('NodePort: only to local destinations; externalTrafficPolicy Local keeps the source and uses local endpoints', (t) => {
   const np = { type: 'NodePort', ports: [{ name: 'http', port: 80, protocol: 'TCP', nodePort: 30080 }] };
   const toNodePort: Packet = { dst: '192.168.5.5', protocol: 'tcp', dport: 30080, dstLocal: true };
   const cluster = run(service(np), [slice(three)], nodeA, toNodePort);
@@ -79,19 +95,43 @@ test('NodePort: only to local destinations; externalTrafficPolicy Local keeps th
   t.deepEqual(Object.keys(verdicts(run(service({ ...np, externalTrafficPolicy: 'Local' }), [slice(three)], nodeB, toVip))).length, 3, 'cluster traffic still uses every endpoint');
 });
 
-test('internalTrafficPolicy Local: only this node\'s endpoints for cluster traffic', (t) => {
+policy('internalTrafficPolicy Local: only this node\'s endpoints for cluster traffic', (t) => {
   t.deepEqual(verdicts(run(service({ internalTrafficPolicy: 'Local' }), [slice(three)], nodeA, toVip)), { '198.18.0.1:8080': 1 });
   t.deepEqual(verdicts(run(service({ internalTrafficPolicy: 'Local' }), [slice(three)], nodeB, toVip)), { REJECT: 1 });
 });
 
-test('session affinity: a recent-match rule per endpoint before the random choice', (t) => {
+policy('NodePort: --nodeport-addresses limits which local addresses answer', (t) => {
+  const np = { type: 'NodePort', ports: [{ name: 'http', port: 80, protocol: 'TCP', nodePort: 30080 }] };
+  const to = (dst: string): Packet => ({ dst, protocol: 'tcp', dport: 30080, dstLocal: true });
+  t.is(Object.keys(verdicts(run(service(np), [slice(three)], nodeA, to('192.168.5.5'), false, ['192.168.5.0/24']))).length, 3);
+  t.deepEqual(verdicts(run(service(np), [slice(three)], nodeA, to('10.1.1.1'), false, ['192.168.5.0/24'])), { ACCEPT: 1 }, 'a local address outside the CIDRs is not a node port');
+});
+
+policy('UDP is its own port: a TCP rule never takes a UDP packet', (t) => {
+  const dns = service({ ports: [{ name: 'dns', port: 53, protocol: 'UDP' }] });
+  const udpSlice: SliceInput = { ...slice(three), ports: [{ name: 'dns', port: 53, protocol: 'UDP' }] };
+  t.is(Object.keys(verdicts(run(dns, [udpSlice], nodeA, { dst: '10.96.0.10', protocol: 'udp', dport: 53 }))).length, 3);
+  t.deepEqual(verdicts(run(dns, [udpSlice], nodeA, { dst: '10.96.0.10', protocol: 'tcp', dport: 53 })), { ACCEPT: 1 });
+});
+
+test('nftables: session affinity checks a set per endpoint before the random choice; no anonymous sets', (t) => {
+  const model = buildProxyModel([service({ sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } })], [slice(three)], nodeA, { externalIPAllowed: () => false });
+  const state = renderNftables(model, 4, { nodePortCIDRs: [] });
+  const rules = state.chains.flatMap((c) => c.rules);
+  t.is(rules.filter((r) => /^ip saddr @aff-\w+ goto sep-/.test(r)).length, 3);
+  t.is(rules.filter((r) => r.startsWith('update @aff-')).length, 3);
+  t.true(state.sets.every((s) => s.definition.includes('timeout 60s')));
+  t.false(rules.some((r) => r.includes('{') && r.includes(':') && !r.startsWith('update')), 'no anonymous maps (nft reloads every set on each call)');
+});
+
+test('iptables: session affinity: a recent-match rule per endpoint before the random choice', (t) => {
   const model = buildProxyModel([service({ sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } })], [slice(three)], nodeA, { externalIPAllowed: () => false });
   const rules = renderIptables(model, 4, { nodePortCIDRs: [] }).flatMap((c) => c.rules);
   t.is(rules.filter((r) => r.includes('--rcheck --seconds 60')).length, 3);
   t.is(rules.filter((r) => r.includes('--set')).length, 3);
 });
 
-test('externalIPs only when allowed; load-balancer IPs always', (t) => {
+policy('externalIPs only when allowed; load-balancer IPs always', (t) => {
   const svc = service({ externalIPs: ['203.0.113.7'] });
   const pkt: Packet = { dst: '203.0.113.7', protocol: 'tcp', dport: 80 };
   t.deepEqual(verdicts(run(svc, [slice(three)], nodeA, pkt, false)), { ACCEPT: 1 });
@@ -100,7 +140,7 @@ test('externalIPs only when allowed; load-balancer IPs always', (t) => {
   t.is(Object.keys(verdicts(run(lb, [slice(three)], nodeA, { ...pkt, dst: '203.0.113.9' }))).length, 3);
 });
 
-test('headless Services are not proxied; a port without a matching slice port rejects', (t) => {
+policy('headless Services are not proxied; a port without a matching slice port rejects', (t) => {
   const model = buildProxyModel([service({ clusterIP: 'None' })], [slice(three)], nodeA, { externalIPAllowed: () => false });
   t.deepEqual(model.ports, []);
   const other = service({ ports: [{ name: 'metrics', port: 9100, protocol: 'TCP' }] });

@@ -1,0 +1,101 @@
+// Walks a rendered nftables table for one packet, like the iptables tracer: which
+// endpoint (with what probability) it is DNATed to, whether it is marked for
+// masquerade, or whether it is rejected. Understands exactly the statements the
+// renderer emits; anything else fails loudly.
+import { MASQ_MARK, type NftState } from '../../src/agent/nftables/render.ts';
+import { cidrContains, parseCidr, parseIP } from '../../src/net/ip.ts';
+import type { Outcome, Packet } from './iptables-tracer.ts';
+
+interface State {
+  masquerade: boolean;
+  probability: number;
+}
+
+export function traceNft(state: NftState, packet: Packet): Outcome[] {
+  const chains = new Map(state.chains.map((c) => [c.name, c]));
+  const outcomes: Outcome[] = [];
+  const nf = state.family;
+
+  /** Evaluates a map lookup statement: the verdict for this packet, if any. */
+  const lookup = (rule: string): string | undefined => {
+    const map = /vmap @(\S+)$/.exec(rule)?.[1];
+    if (!map) return undefined;
+    const elements = state.maps[map as keyof NftState['maps']];
+    if (!elements) throw new Error(`tracer: no map ${map}`);
+    if (rule.startsWith(`${nf} daddr . meta l4proto . th dport`)) return elements.get(`${packet.dst} . ${packet.protocol} . ${packet.dport}`);
+    // Node ports: only to local destinations (optionally inside --nodeport-addresses).
+    const cidrs = /daddr \{ ([^}]+) \}/.exec(rule)?.[1]?.split(', ') ?? [];
+    if (!packet.dstLocal) return undefined;
+    if (cidrs.length && !cidrs.some((c) => cidrContains(parseCidr(c)!, parseIP(packet.dst)!))) return undefined;
+    return elements.get(`${packet.protocol} . ${packet.dport}`);
+  };
+
+  /** Runs a chain; returns the probability mass that fell through (return or end of chain). */
+  const run = (name: string, s0: State): State | undefined => {
+    const chain = chains.get(name);
+    if (!chain) throw new Error(`tracer: no chain ${name}`);
+    let s: State | undefined = { ...s0 };
+    for (const original of chain.rules) {
+      if (!s) return undefined;
+      let rule = original.replace(/^counter\s*/, '').replace(/ counter /, ' ');
+      // `numgen random mod R < w ...`: taken with probability w/R.
+      let chance = 1;
+      const ng = /^numgen random mod (\d+) < (\d+) /.exec(rule);
+      if (ng) {
+        chance = Number(ng[2]) / Number(ng[1]);
+        rule = rule.slice(ng[0].length);
+      }
+      const taken: State = { ...s, probability: s.probability * chance };
+      const rest: State | undefined = chance < 1 ? { ...s, probability: s.probability * (1 - chance) } : undefined;
+      let verdict: string | undefined;
+      if (rule === '' || rule.startsWith('comment ')) continue; // the hash/counter rule
+      if (rule.includes(' vmap @')) {
+        verdict = lookup(rule);
+        if (verdict === undefined) continue;
+      } else if (rule.startsWith(`${nf} saddr @`)) {
+        continue; // affinity: a client with no history
+      } else if (rule.startsWith('meta mark set meta mark | ')) {
+        if (rule.endsWith(MASQ_MARK)) s = { ...s, masquerade: true };
+        continue;
+      } else if (rule.startsWith('update @')) {
+        continue;
+      } else if (rule.startsWith('ct state new ')) {
+        rule = rule.slice('ct state new '.length); // the traced packet is a new connection
+        verdict = rule;
+      } else {
+        verdict = rule;
+      }
+      const dnat = /^meta l4proto (\w+) dnat to (\S+)$/.exec(verdict);
+      if (dnat) {
+        if (dnat[1] === packet.protocol) outcomes.push({ verdict: dnat[2]!.replace(/^\[|\](?=:)/g, ''), masquerade: taken.masquerade, probability: taken.probability });
+        s = rest;
+        continue;
+      }
+      if (verdict === 'reject') {
+        outcomes.push({ verdict: 'REJECT', masquerade: false, probability: taken.probability });
+        s = rest;
+        continue;
+      }
+      const jump = /^(jump|goto) (\S+)$/.exec(verdict);
+      if (!jump) throw new Error(`tracer: unknown statement "${original}"`);
+      const back = run(jump[2]!, taken);
+      if (jump[1] === 'jump' && back) {
+        s = rest ? { ...back, probability: back.probability + rest.probability } : back;
+        continue;
+      }
+      // goto: the mass that falls through the target returns to our caller.
+      if (back) return rest ? { ...back, probability: back.probability + rest.probability } : back;
+      s = rest;
+    }
+    return s;
+  };
+
+  // nat prerouting/output (DNAT) comes before the filter hooks (REJECT).
+  const fell = run('services', { masquerade: false, probability: 1 });
+  if (fell && fell.probability > 1e-9) {
+    const f = run(packet.dstLocal ? 'external-filter' : 'services-filter', fell);
+    if (f && f.probability > 1e-9) outcomes.push({ verdict: 'ACCEPT', masquerade: f.masquerade, probability: f.probability });
+  }
+  return outcomes;
+}
+
