@@ -3,9 +3,13 @@
 // the local control plane, side by side with kube-proxy (built by the control-plane
 // module) over an equal set of Services without the label (the only ones it serves).
 // For each size, mode and proxy, a fresh process in its own network namespace: full
-// sync time, one-Service-change sync time, rules (and map elements), RSS.
+// sync time, one-Service-change sync time, rules (and map elements), RSS, and
+// first-packet connect latency: sequential new TCP connections from the node to a
+// probe Service (sorted last) whose one endpoint is a server on the host end of the
+// node's veth, so each connection's first packet walks the proxy's rules.
 // Needs root. Usage: node bench/agent.ts [sizes=1000,5000,10000] [modes=iptables,nftables] [proxies=ours,kube-proxy]
 import { execFileSync } from 'node:child_process';
+import net from 'node:net';
 import path from 'node:path';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -22,6 +26,7 @@ const proxies = (process.argv[4] ?? 'ours,kube-proxy').split(',');
 const kpNs = 'bench-kube-proxy';
 const ns = 'bench-agent';
 const ENDPOINTS = 10;
+const PROBE_PORT = 18080;
 
 const cluster = await startLocalCluster();
 let host: BackendHost | undefined;
@@ -65,9 +70,36 @@ try {
     created[space] = to;
   };
 
+  // The probe Service: its endpoint follows each run's node namespace (the host end of its veth).
+  const probeSlice = (space: string, ip: string) => ({
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: 'zz-probe', namespace: space, labels: { 'kubernetes.io/service-name': 'zz-probe', 'endpointslice.kubernetes.io/managed-by': 'bench' } },
+    addressType: 'IPv4',
+    ports: [{ name: 'http', port: PROBE_PORT, protocol: 'TCP' }],
+    endpoints: [{ addresses: [ip], conditions: { ready: true } }],
+  });
+  const probeVip: Record<string, string> = {};
+  for (const space of [ns, kpNs]) {
+    const labels = space === ns ? { 'service.kubernetes.io/service-proxy-name': 'extbackend' } : {};
+    const svc = (await client.create(`/api/v1/namespaces/${space}/services`, { metadata: { name: 'zz-probe', labels }, spec: { ports: [{ name: 'http', port: 80, targetPort: PROBE_PORT }] } })) as { spec: { clusterIP: string } };
+    probeVip[space] = svc.spec.clusterIP;
+    await client.create(slicePath(space), probeSlice(space, '198.18.255.254'));
+  }
+  const connectLatency = async (h: BackendHost, vip: string): Promise<{ p50Us: number; p99Us: number; failures: number }> => {
+    const script = path.join(REPO_ROOT, 'bench', 'connect-latency.ts');
+    // Wait until the probe Service answers (programmed), then measure.
+    for (let i = 0; i < 100; i++) {
+      const r = JSON.parse(await h.exec(process.execPath, ['--disable-warning=ExperimentalWarning', script, vip, '80', '1'])) as { failures: number };
+      if (!r.failures) break;
+      await sleep(200);
+    }
+    return JSON.parse(await h.exec(process.execPath, ['--disable-warning=ExperimentalWarning', script, vip, '80', '300'])) as { p50Us: number; p99Us: number; failures: number };
+  };
+
   const agentKubeconfig = path.join(path.dirname(cluster.kubeconfig), 'bench-agent.kubeconfig');
   console.log(`agent benchmark: Services x ${ENDPOINTS} endpoints, a fresh proxy per size, mode and proxy (Kubernetes ${cluster.version})`);
-  console.log('  services  mode      proxy        full sync   one-change sync   rules(+elements)        RSS');
+  console.log('  services  mode      proxy        full sync   one-change sync   rules(+elements)        RSS   connect p50 / p99');
   const results = new Map<string, { full: number; partial: number }>();
   for (const size of sizes) {
     if (proxies.includes('ours')) await grow(ns, size);
@@ -75,6 +107,10 @@ try {
     for (const mode of modes) {
       for (const proxy of proxies) {
         host = await createBackendHost();
+        const space0 = proxy === 'ours' ? ns : kpNs;
+        await client.request('PUT', `${slicePath(space0)}/zz-probe`, { body: probeSlice(space0, host.hostIP) });
+        const probeServer = net.createServer((c) => c.destroy());
+        await new Promise<void>((r) => probeServer.listen(PROBE_PORT, host!.hostIP, r));
         writeFileSync(agentKubeconfig, kubeconfigViaAddress(cluster.kubeconfigYaml, host.hostIP), { mode: 0o600 });
         const ours = proxy === 'ours';
         const child = ours
@@ -113,9 +149,13 @@ try {
         await client.request('PUT', `${slicePath(space)}/svc-0`, { body: sliceBody(0, 0, space) });
         // kube-proxy's rule-count metrics differ by mode and release: only ours are shown.
         const rules = ours ? String(sumMetric(m, /^extbackend_agent_rules\{family="4"\}/)) : '-';
+        // Connect latency is measured for ours only (kube-proxy did not answer the probe Service from its own node).
+        const latency = ours ? await connectLatency(host, probeVip[space]!) : undefined;
+        probeServer.close();
         const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
         results.set(`${size}/${mode}/${proxy}`, { full, partial });
-        console.log(`  ${String(size).padStart(8)}  ${mode.padEnd(8)}  ${proxy.padEnd(10)}  ${(full * 1000).toFixed(0).padStart(7)} ms   ${(partial * 1000).toFixed(1).padStart(10)} ms   ${rules.padStart(16)}   ${rss.toFixed(0).padStart(5)} MiB`);
+        const lat = !latency ? '-' : latency.failures ? `${latency.failures} of 300 failed` : `${latency.p50Us} / ${latency.p99Us} µs`;
+        console.log(`  ${String(size).padStart(8)}  ${mode.padEnd(8)}  ${proxy.padEnd(10)}  ${(full * 1000).toFixed(0).padStart(7)} ms   ${(partial * 1000).toFixed(1).padStart(10)} ms   ${rules.padStart(16)}   ${rss.toFixed(0).padStart(5)} MiB   ${lat}`);
         child.kill('SIGTERM');
         await host.destroy();
         host = undefined;
