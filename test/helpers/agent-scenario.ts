@@ -196,6 +196,31 @@ export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<vo
   const client = await w.lab.client('client');
   const fromOutside = await waitForAnswers(client, `http://${a.ip}:${nodePort}/`, ['b1', 'b2', 'b3'], 'the node port to answer from outside');
   t.is(fromOutside.failures, 0);
+  const seenViaCluster = await request(client, `http://${a.ip}:${nodePort}/client`, 3);
+  t.true(Object.keys(seenViaCluster.answers).every((ip) => ip !== client.ip), `externalTrafficPolicy Cluster masquerades: ${JSON.stringify(seenViaCluster.answers)}`);
+
+  // externalTrafficPolicy Local: external traffic only to the node's own hosts, the
+  // client's address kept, and a healthCheckNodePort saying which nodes have any.
+  await w.lab.replyVia(w.backends[0]!, client, a);
+  await applyYaml(backendYaml(w, 'local', '  service: {type: LoadBalancer, externalTrafficPolicy: Local}'));
+  const local = await waitFor('node and health-check ports', async () => {
+    const svc = JSON.parse((await kubectl(['-n', w.ns, 'get', 'service', 'local', '-o', 'json'])).stdout) as { spec: { ports: { nodePort?: number }[]; healthCheckNodePort?: number } };
+    const np = svc.spec.ports[0]?.nodePort;
+    const hc = svc.spec.healthCheckNodePort;
+    return np && hc ? { np, hc } : false;
+  });
+  await waitForAnswers(client, `http://${a.ip}:${local.np}/`, ['b1'], 'node a to send external traffic to its own host only');
+  const seenLocal = await request(client, `http://${a.ip}:${local.np}/client`, 5);
+  t.deepEqual(seenLocal.answers, { [client.ip]: 5 }, 'the host sees the client\'s own address (no SNAT)');
+  const noLocal = await waitFor('node b (no host of its own) to refuse external traffic', async () => {
+    const r = await request(client, `http://${b.ip}:${local.np}/`, 3, ['--timeout-ms', '1000']);
+    return r.errors.ECONNREFUSED === 3 ? r : false;
+  });
+  t.is(noLocal.failures, 3);
+  const health = async (node: LabHost): Promise<string> => client.exec('curl', ['-s', '-m', '5', '-w', ' %{http_code}', `http://${node.ip}:${local.hc}/`]);
+  const healthA = await waitFor('the health-check node port on node a', async () => ((await health(a)).endsWith(' 200') ? health(a) : false));
+  t.regex(healthA, /"localEndpoints":1/);
+  t.regex(await health(b), /"localEndpoints":0.* 503$/, 'node b has no local endpoints: 503');
 
   // ClientIP affinity sticks.
   await applyYaml(backendYaml(w, 'sticky', '  service: {sessionAffinity: ClientIP, sessionAffinityTimeoutSeconds: 60}'));
@@ -271,4 +296,4 @@ export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<vo
   }
 }
 
-export const SCENARIO_STEPS = 'spread, weights, topologyKeys, reject, NodePort, affinity, failover, restart, foreign rules, cleanup';
+export const SCENARIO_STEPS = 'spread, weights, topologyKeys, reject, NodePort, ETP Local with source IP and health-check port, affinity, failover, restart, foreign rules, cleanup';

@@ -31,7 +31,9 @@ process.on('SIGUSR1', () => {
   flap = !flap;
   requests = 0;
 });
-const handler: http.RequestListener = (_req, res) => {
+const handler: http.RequestListener = (req, res) => {
+  // GET /client answers with the address the connection came from (source-IP checks).
+  if (req.url === '/client') return void res.writeHead(200, { 'content-type': 'text/plain' }).end(`${req.socket.remoteAddress}\n`);
   requests++;
   const status = flap && requests % 2 === 1 ? 500 : 200;
   res.writeHead(status, { 'content-type': 'text/plain' }).end(`${identity}\n`);

@@ -32,6 +32,12 @@ export interface Lab {
   node(label: string): Promise<LabHost>;
   backend(label: string): Promise<LabHost>;
   client(label: string): Promise<LabHost>;
+  /**
+   * R sends `from`'s packets for `to` through `via` instead of straight there: the
+   * return path externalTrafficPolicy Local needs (replies must pass the node that
+   * translated the request, since the client's address was kept).
+   */
+  replyVia(from: LabHost, to: LabHost, via: LabHost): Promise<void>;
 }
 
 const LOCK_ROOT = path.join(os.tmpdir(), 'extbackend-labs');
@@ -75,6 +81,7 @@ export async function createLab(t: ExecutionContext): Promise<Lab> {
     return [addr(base + 1), addr(base + 2)];
   };
   let deadEnd = 0;
+  let policyRoutes = 0;
 
   const teardown = async (): Promise<void> => {
     for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
@@ -148,5 +155,10 @@ export async function createLab(t: ExecutionContext): Promise<Lab> {
     node: (label) => attach(label, 'dead-end'),
     backend: (label) => attach(label, 'router'),
     client: (label) => attach(label, 'router'),
+    replyVia: async (from, to, via) => {
+      const table = String(100 + policyRoutes++);
+      await ip('-n', router, 'route', 'add', to.ip, 'via', via.ip, 'table', table);
+      await ip('-n', router, 'rule', 'add', 'from', from.ip, 'to', to.ip, 'lookup', table, 'priority', table);
+    },
   };
 }
