@@ -82,7 +82,7 @@ try {
   const probeVip: Record<string, string> = {};
   for (const space of [ns, kpNs]) {
     const labels = space === ns ? { 'service.kubernetes.io/service-proxy-name': 'extbackend' } : {};
-    const svc = (await client.create(`/api/v1/namespaces/${space}/services`, { metadata: { name: 'zz-probe', labels }, spec: { ports: [{ name: 'http', port: 80, targetPort: PROBE_PORT }] } })) as { spec: { clusterIP: string } };
+    const svc = await client.create<{ spec: { clusterIP: string } }>(`/api/v1/namespaces/${space}/services`, { metadata: { name: 'zz-probe', labels }, spec: { ports: [{ name: 'http', port: 80, targetPort: PROBE_PORT }] } });
     probeVip[space] = svc.spec.clusterIP;
     await client.create(slicePath(space), probeSlice(space, '198.18.255.254'));
   }
