@@ -19,6 +19,7 @@ import { startTestOperator } from './operator.ts';
 const BIN = path.join(REPO_ROOT, 'bin', 'extbackend.js');
 const SERVER = path.join(REPO_ROOT, 'test', 'helpers', 'backend-server.ts');
 const CLIENT = path.join(REPO_ROOT, 'test', 'helpers', 'http-client.ts');
+const UDP_CLIENT = path.join(REPO_ROOT, 'test', 'helpers', 'udp-client.ts');
 const NODE_ARGS = ['--disable-warning=ExperimentalWarning'];
 
 interface ClientResult {
@@ -239,6 +240,31 @@ export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<vo
   t.is(after.failures, 0);
   t.is(after.answers.b2, undefined);
 
+  // UDP: datagrams from one source port share a conntrack entry, which would keep
+  // them on a removed host until it times out; the agent deletes such entries.
+  const [b1, , b3] = w.backends;
+  for (const [host, id] of [[b1!, 'b1'], [b3!, 'b3']] as const) {
+    const udp = host.spawn(process.execPath, [...NODE_ARGS, SERVER, '--kind', 'udp', '--host', host.ip, '--port', '5353', '--identity', `${id}-udp`]);
+    await waitForOutput(udp, ['listening'], `udp server ${id}`);
+  }
+  const udpYaml = (hosts: LabHost[]): string => backendYaml(w, 'udp', '', hosts.map((h) => `\n  - {ip: ${h.ip}}`).join('')).replace('ports: [{name: http, port: 80, targetPort: 8080}]', 'ports: [{name: http, port: 80, targetPort: 8080}, {name: dns, port: 53, targetPort: 5353, protocol: UDP}]');
+  await applyYaml(udpYaml([b1!, b3!]));
+  const udpVip = await clusterIP(w.ns, 'udp');
+  const udpAsk = async (count: number): Promise<{ answers: Record<string, number>; timeouts: number }> =>
+    JSON.parse(await a.exec(process.execPath, [...NODE_ARGS, UDP_CLIENT, '--host', udpVip, '--port', '53', '--source-port', '40053', '--count', String(count), '--timeout-ms', '500'])) as { answers: Record<string, number>; timeouts: number };
+  const first = await waitFor('the UDP service to answer', async () => {
+    const r = await udpAsk(3);
+    return Object.keys(r.answers).length === 1 && r.timeouts === 0 ? r : false;
+  });
+  const stuck = Object.keys(first.answers)[0]!;
+  const remaining = stuck === 'b1-udp' ? b3! : b1!;
+  await applyYaml(udpYaml([remaining]));
+  const moved = await waitFor(`datagrams from the same source port to leave ${stuck} once it is removed`, async () => {
+    const r = await udpAsk(1);
+    return r.answers[stuck] === undefined && r.timeouts === 0 ? r : false;
+  });
+  t.deepEqual(Object.keys(moved.answers), [stuck === 'b1-udp' ? 'b3-udp' : 'b1-udp'], `the stale conntrack entry to ${stuck} was deleted`);
+
   // Restarting the agent under a client loop fails no request and keeps the rules (and
   // their counters: the per-service chain's balancing rules count every connection).
   const probedVip = await clusterIP(w.ns, 'probed');
@@ -296,4 +322,4 @@ export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<vo
   }
 }
 
-export const SCENARIO_STEPS = 'spread, weights, topologyKeys, reject, NodePort, ETP Local with source IP and health-check port, affinity, failover, restart, foreign rules, cleanup';
+export const SCENARIO_STEPS = 'spread, weights, topologyKeys, reject, NodePort, ETP Local with source IP and health-check port, affinity, failover, UDP conntrack cleanup, restart, foreign rules, cleanup';

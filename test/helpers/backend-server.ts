@@ -1,7 +1,8 @@
-// A test backend, run inside a network namespace: a TCP, HTTP, HTTPS or gRPC-health
-// server that answers with its own identity. `--flap` makes HTTP alternate 200/500
+// A test backend, run inside a network namespace: a TCP, UDP, HTTP, HTTPS or
+// gRPC-health server that answers with its own identity. `--flap` makes HTTP alternate 200/500
 // on every request. Prints "listening" on stdout once it accepts connections.
 //   node backend-server.ts --kind http --host 198.18.0.2 --port 8080 --identity b1 [--flap] [--cert F --key F]
+import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -48,6 +49,12 @@ switch (values.kind) {
       })
       .listen(port, host, ready);
     break;
+  case 'udp': {
+    const socket = dgram.createSocket('udp4');
+    socket.on('message', (_msg, from) => socket.send(`${identity}\n`, from.port, from.address));
+    socket.bind(port, host, ready);
+    break;
+  }
   case 'http':
     http.createServer(handler).listen(port, host, ready);
     break;
