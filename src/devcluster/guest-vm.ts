@@ -218,6 +218,8 @@ ${env.join('\n')}
 cd '${projectDir}'
 sh /xb-job/job.sh
 echo $? > /xb-job/exit-code
+# A process the kernel killed or that crashed says so only here.
+dmesg | grep -iE 'segfault|general protection|out of memory|killed process|invalid opcode|trap' | sed 's/^/xb-guest: kernel: /'
 sync
 "$BB" poweroff -f
 `;

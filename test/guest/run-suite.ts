@@ -46,7 +46,7 @@ export async function runGuestSuite(cluster: LocalCluster, avaArgs: string[] = [
       },
       apiServerPort: cluster.apiserverPort,
       cpus: 2,
-      memoryMiB: 3072,
+      memoryMiB: 4096,
       timeoutMs: 25 * 60_000,
       log,
       onLine: (line) => {

@@ -14,9 +14,10 @@ export async function ip(...args: string[]): Promise<string> {
   try {
     return (await run(systemCommand('ip'), args)).stdout;
   } catch (err) {
-    const e = err as { stderr?: string; message: string; code?: string };
+    const e = err as { stderr?: string; stdout?: string; message: string; code?: string };
     if (e.code === 'ENOENT') throw new Error('the `ip` command (iproute2) is needed for network-namespace tests');
-    throw new Error(`ip ${args.join(' ')}: ${e.stderr?.trim() || e.message}`);
+    // Our own programs log their errors to stdout: show it when stderr is empty.
+    throw new Error(`ip ${args.join(' ')}: ${e.stderr?.trim() || e.stdout?.trim().slice(-2000) || e.message}`);
   }
 }
 
