@@ -199,8 +199,8 @@ function stage2(o: GuestRunOptions, projectDir: string): string {
   const env = Object.entries(o.env ?? {}).map(([k, v]) => `export ${k}='${v.replace(/'/g, `'\\''`)}'`);
   return `# Stage 2, on the shared root: writable scratch, guest modules, network, then the job.
 export PATH='${path.dirname(process.execPath)}':/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+# /tmp stays the overlay (writable, in guest memory): the checkout may live under it.
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
 mkdir -p /lib/modules /run/netns
 mount --bind '${o.image.modulesRoot}' /lib/modules
 BB='${o.image.busybox}'
