@@ -33,7 +33,7 @@ export async function runGuestSuite(cluster: LocalCluster, avaArgs: string[] = [
   const result = await runInGuest(
     {
       image,
-      // The kubeconfig is copied into the shared job directory (the cluster's work dir goes away before the guest is done with it).
+      // A copy in the shared job directory: the tests write their agents' kubeconfigs next to it.
       script: `cp "$EXTBACKEND_HOST_KUBECONFIG" /xb-job/kubeconfig\nnode ${avaCli} --config test/guest/ava.config.mjs --tap ${avaArgs.map((a) => `'${a}'`).join(' ')}\n`,
       env: {
         EXTBACKEND_HOST_KUBECONFIG: '/xb-job/host.kubeconfig',
