@@ -8,7 +8,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -26,7 +26,7 @@ const PACKAGES = { kernel: 'linux-image-amd64', busybox: 'busybox-static' };
 // Modules the initramfs needs to mount the shared root; the rest load from the share.
 const INITRAMFS_MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'overlay'];
 // Bump when the image layout changes, so stale cache entries are not reused.
-const RECIPE = 'v1';
+const RECIPE = 'v2';
 
 export interface GuestImage {
   dir: string;
@@ -132,8 +132,9 @@ export async function ensureGuestImage(log: Logger): Promise<GuestImage> {
   const initramfs = path.join(work, 'initramfs');
   await mkdir(path.join(initramfs, 'bin'), { recursive: true });
   await mkdir(path.join(initramfs, 'modules'));
-  await run(systemCommand('cp'), [busybox, path.join(initramfs, 'bin', 'busybox')]);
-  for (const m of modules) await run(systemCommand('cp'), [path.join(modulesDir, m), path.join(initramfs, 'modules')]);
+  await copyFile(busybox, path.join(initramfs, 'bin', 'busybox'));
+  await chmod(path.join(initramfs, 'bin', 'busybox'), 0o755);
+  for (const m of modules) await copyFile(path.join(modulesDir, m), path.join(initramfs, 'modules', path.basename(m)));
   await writeFile(path.join(initramfs, 'init'), initScript(modules));
   await chmod(path.join(initramfs, 'init'), 0o755);
   // busybox cpio cannot create archives; a shell pipeline with find does.
