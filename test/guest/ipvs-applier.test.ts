@@ -92,6 +92,8 @@ test.serial('foreign virtual servers are never touched, even one on an address w
   await prepareIpvsNode();
   const r = await applier.apply(m, true, { scheduler: 'rr', nodeAddresses: [] });
   t.deepEqual(r.conflicts, ['-t 10.96.4.2:80']);
+  t.notRegex(await sh('ipset', 'list', 'XB-IPVS-OWNED-4') + await sh('ipset', 'list', 'XB-IPVS-MASQ-4'), /10\.96\.4\.2/, 'the foreign one is neither recorded as ours nor masqueraded by us');
+  t.regex(await sh('ipset', 'list', 'XB-IPVS-OWNED-4'), /10\.96\.4\.1,tcp:80/);
   await applier.apply(model([]), true, { scheduler: 'rr', nodeAddresses: [] });
   const saved = await sh('ipvsadm-save', '-n');
   t.is(saved, '-A -t 10.0.0.1:80 -s rr\n-A -t 10.96.4.2:80 -s lc\n-a -t 10.96.4.2:80 -r 10.0.0.9:80 -m -w 1\n', 'ours are gone, the foreign ones are exactly as they were');

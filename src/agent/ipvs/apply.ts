@@ -112,9 +112,11 @@ export class IpvsApplier {
     // Set entries: additions before the servers exist, removals after they are gone.
     const adds: string[] = [];
     const dels: string[] = [];
-    for (const [name, wanted] of Object.entries(plan.sets)) {
+    // A conflicting (foreign) virtual server is neither recorded as ours nor marked by our rules.
+    const sets = new Map(Object.entries(plan.sets).map(([name, members]) => [name, conflicts.size ? new Set([...members].filter((m) => !conflicts.has(memberToKey(m) ?? ''))) : members]));
+    for (const [name, wanted] of sets) {
       const have = this.knownSets.get(name) ?? new Set();
-      for (const m of wanted) if (!have.has(m) && !(name === this.sets.owned && conflicts.has(memberToKey(m)!))) adds.push(`add ${name} ${m}`);
+      for (const m of wanted) if (!have.has(m)) adds.push(`add ${name} ${m}`);
       for (const m of have) if (!wanted.has(m)) dels.push(`del ${name} ${m}`);
     }
     const prefix = this.family === 4 ? 32 : 128;
@@ -132,12 +134,7 @@ export class IpvsApplier {
     afterApply(this.known, plan.services, diff);
     for (const key of diff.deleted) this.applied.delete(key);
     for (const key of diff.compared) this.applied.set(key, plan.services.get(key)!);
-    this.knownSets = new Map(Object.entries(plan.sets).map(([n, s]) => [n, new Set(s)]));
-    for (const k of conflicts) {
-      // Not ours: never recorded as owned.
-      const m = [...plan.sets[this.sets.owned]!].find((x) => memberToKey(x) === k);
-      if (m) this.knownSets.get(this.sets.owned)!.delete(m);
-    }
+    this.knownSets = new Map([...sets].map(([n, members]) => [n, new Set(members)]));
     this.knownVips = new Set(plan.vips);
     // "-a -t 10.96.0.10:80 -r ..." -> "-t 10.96.0.10:80": virtual servers touched.
     const touched = new Set(diff.commands.map((c) => c.split(' ').slice(1, 3).join(' ')));
