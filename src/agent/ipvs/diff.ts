@@ -2,16 +2,10 @@
 // turn the kernel's state into the plan. Pure. Only virtual servers recorded as ours
 // are ever edited or deleted; one that exists but is not ours is reported, not taken.
 import type { L4 } from '../model.ts';
-import { serviceKey, type RealServer, type VirtualServer } from './plan.ts';
+import { serviceKey, type VirtualServer } from './plan.ts';
 
-export interface KernelVirtualServer {
-  protocol: L4;
-  address: string;
-  port: number;
-  scheduler: string;
-  persistence?: number;
-  reals: RealServer[];
-}
+/** A virtual server as the kernel holds it (nothing to say about draining). */
+export type KernelVirtualServer = Omit<VirtualServer, 'draining'>;
 
 const FLAG_PROTOCOL: Record<string, L4> = { '-t': 'tcp', '--tcp-service': 'tcp', '-u': 'udp', '--udp-service': 'udp', '--sctp-service': 'sctp' };
 
