@@ -235,7 +235,9 @@ export async function runInGuest(o: GuestRunOptions, projectDir: string): Promis
   // Each guest connection to the API address runs one busybox nc to the host's loopback.
   const forward = o.apiServerPort ? `,guestfwd=tcp:${GUEST_API_ADDRESS}:${GUEST_API_PORT}-cmd:${o.image.busybox} nc 127.0.0.1 ${o.apiServerPort}` : '';
   const args = [
-    '-accel', 'tcg,thread=multi',
+    // One emulation thread: Node (a JIT patching its own code from several threads)
+    // crashed now and then with SIGSEGV under multi-threaded TCG.
+    '-accel', 'tcg,thread=single',
     '-machine', 'q35',
     // No AVX: qemu's TCG emulation of it is new, and Node crashed (SIGSEGV) under '-cpu max'.
     '-cpu', 'Nehalem',
