@@ -274,7 +274,8 @@ export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<vo
   t.log('control loop without restart:', JSON.stringify({ requests: control.requests, failures: control.failures, errors: control.errors }));
   if (control.failures) t.log(w.agentLog.filter((l) => l.startsWith('a:')).slice(-15).join('\n'), await a.exec('conntrack', ['-L', '-p', 'tcp', '--dst-nat', w.backends[1]!.ip]).catch((e: Error) => e.message));
   t.true(chainBefore.counter > 0, 'the service\'s rules have counted traffic');
-  const loop = request(a, probedUrl, 0, ['--duration-ms', '6000', '--interval-ms', '10', '--timeout-ms', '3000']);
+  // The loop must outlast the agent's restart, which takes much longer in the emulated guest.
+  const loop = request(a, probedUrl, 0, ['--duration-ms', String(6000 * TIME_SCALE), '--interval-ms', '10', '--timeout-ms', '3000']);
   await new Promise((r) => setTimeout(r, 1000));
   const agentA = w.agents.get('a')!;
   const exited = new Promise((r) => agentA.once('exit', r));
