@@ -106,13 +106,12 @@ export function diffIpvs(current: Map<string, KernelVirtualServer>, wanted: Map<
 
 /** The kernel state after `diff` was applied successfully (for diffing the next partial sync); updates `current` in place. */
 export function afterApply(current: Map<string, KernelVirtualServer>, wanted: Map<string, VirtualServer>, diff: IpvsDiff): Map<string, KernelVirtualServer> {
-  const next = current;
-  for (const key of diff.deleted) next.delete(key);
+  for (const key of diff.deleted) current.delete(key);
   for (const key of diff.compared) {
     const vs = wanted.get(key)!;
     const draining = new Set(vs.draining);
     const kept = (current.get(key)?.reals ?? []).filter((r) => draining.has(plainKey(r)) && !vs.reals.some((w) => plainKey(w) === plainKey(r))).map((r) => ({ ...r, weight: 0 }));
-    next.set(key, { protocol: vs.protocol, address: vs.address, port: vs.port, scheduler: vs.scheduler, ...(vs.persistence ? { persistence: vs.persistence } : {}), reals: [...vs.reals, ...kept] });
+    current.set(key, { protocol: vs.protocol, address: vs.address, port: vs.port, scheduler: vs.scheduler, ...(vs.persistence ? { persistence: vs.persistence } : {}), reals: [...vs.reals, ...kept] });
   }
-  return next;
+  return current;
 }
