@@ -24,6 +24,8 @@ const sizes = (process.argv[2] ?? '1000,5000,10000').split(',').map(Number);
 const modes = (process.argv[3] ?? 'iptables,nftables').split(',');
 const proxies = (process.argv[4] ?? 'ours,kube-proxy').split(',');
 const kpNs = 'bench-kube-proxy';
+// kube-proxy runs iptables/nft from PATH: never npm's node_modules/.bin (an npm package ships a binary named `nft`).
+const systemPath = (process.env.PATH ?? '').split(':').filter((d) => !d.includes('node_modules')).join(':');
 const ns = 'bench-agent';
 const ENDPOINTS = 10;
 const PROBE_PORT = 18080;
@@ -115,7 +117,7 @@ try {
         const ours = proxy === 'ours';
         const child = ours
           ? host.spawn(process.execPath, ['--disable-warning=ExperimentalWarning', path.join(REPO_ROOT, 'bin', 'extbackend.js'), 'agent', '--kubeconfig', agentKubeconfig, '--node-name', 'bench-node', '--proxy-mode', mode, '--min-sync-period', '100ms', '--sync-period', '1h', '--http-address', `${host.ip}:10266`], { env: { ...process.env, EXTBACKEND_LOG_LEVEL: 'warn' } })
-          : host.spawn(cluster.build.bin('kube-proxy'), ['--kubeconfig', agentKubeconfig, '--hostname-override', 'bench-node', '--proxy-mode', mode, '--metrics-bind-address', `${host.ip}:10266`, '--healthz-bind-address', `${host.ip}:10256`, '--conntrack-max-per-core', '0', '--iptables-min-sync-period', '100ms', '--iptables-sync-period', '1h', '--iptables-localhost-nodeports=false', '--v', '0']);
+          : host.spawn(cluster.build.bin('kube-proxy'), ['--kubeconfig', agentKubeconfig, '--hostname-override', 'bench-node', '--proxy-mode', mode, '--metrics-bind-address', `${host.ip}:10266`, '--healthz-bind-address', `${host.ip}:10256`, '--conntrack-max-per-core', '0', '--iptables-min-sync-period', '100ms', '--iptables-sync-period', '1h', '--iptables-localhost-nodeports=false', '--v', '0'], { env: { ...process.env, PATH: systemPath } });
         let log = '';
         child.stdout?.resume();
         child.stderr?.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-4000)));
@@ -136,7 +138,8 @@ try {
         }
         await sleep(1500); // let the follow-up syncs of the initial burst settle
         m = await metrics();
-        const full = metric(m, 'full', 'sum') / metric(m, 'full', 'count');
+        const fullCount = metric(m, 'full', 'count');
+        const full = metric(m, 'full', 'sum') / fullCount;
         const space = ours ? ns : kpNs;
         const before = { n: metric(m, 'partial', 'count'), s: metric(m, 'partial', 'sum') };
         await client.request('PUT', `${slicePath(space)}/svc-0`, { body: sliceBody(0, 7, space) });
@@ -149,13 +152,14 @@ try {
         await client.request('PUT', `${slicePath(space)}/svc-0`, { body: sliceBody(0, 0, space) });
         // kube-proxy's rule-count metrics differ by mode and release: only ours are shown.
         const rules = ours ? String(sumMetric(m, /^extbackend_agent_rules\{family="4"\}/)) : '-';
-        // Connect latency is measured for ours only (kube-proxy did not answer the probe Service from its own node).
-        const latency = ours ? await connectLatency(host, probeVip[space]!) : undefined;
+        const latency = await connectLatency(host, probeVip[space]!);
         probeServer.close();
         const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
         results.set(`${size}/${mode}/${proxy}`, { full, partial });
-        const lat = !latency ? '-' : latency.failures ? `${latency.failures} of 300 failed` : `${latency.p50Us} / ${latency.p99Us} µs`;
-        console.log(`  ${String(size).padStart(8)}  ${mode.padEnd(8)}  ${proxy.padEnd(10)}  ${(full * 1000).toFixed(0).padStart(7)} ms   ${(partial * 1000).toFixed(1).padStart(10)} ms   ${rules.padStart(16)}   ${rss.toFixed(0).padStart(5)} MiB   ${lat}`);
+        const lat = latency.failures ? `${latency.failures} of 300 failed` : `${latency.p50Us} / ${latency.p99Us} µs`;
+        // A mean over several full syncs says so: "(mean of 3)".
+        const fullText = `${(full * 1000).toFixed(0).padStart(7)} ms${fullCount > 1 ? ` (mean of ${fullCount})` : ''}`;
+        console.log(`  ${String(size).padStart(8)}  ${mode.padEnd(8)}  ${proxy.padEnd(10)}  ${fullText}   ${(partial * 1000).toFixed(1).padStart(10)} ms   ${rules.padStart(16)}   ${rss.toFixed(0).padStart(5)} MiB   ${lat}`);
         child.kill('SIGTERM');
         await host.destroy();
         host = undefined;
