@@ -19,7 +19,7 @@ import type { Scheduler } from './ipvs/plan.ts';
 import { renderIptables } from './iptables/render.ts';
 import { NftablesApplier } from './nftables/apply.ts';
 import { renderNftables } from './nftables/render.ts';
-import { buildProxyModel, type ModelCache, type NodeInput, type ProxyModel, type ServiceInput, type SliceInput } from './model.ts';
+import { buildProxyModel, ModelCache, type NodeInput, type ProxyModel, type ServiceInput, type SliceInput } from './model.ts';
 import { SyncRunner } from './sync-runner.ts';
 
 const run = promisify(execFile);
@@ -92,7 +92,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const externalCidrs = o.externalIPCIDRs.map((c) => parseCidr(c)).filter((c) => c !== undefined);
   const plane = dataPlane(o, log);
   let lastModel: ProxyModel = { ports: [] };
-  const modelCache: ModelCache = new Map();
+  const modelCache = new ModelCache();
   let pendingTriggers: number[] = [];
   const hcServers = new Map<number, http.Server>();
 

@@ -167,14 +167,36 @@ function candidatesFor(slices: SliceInput[], family: Family, portName: string, p
 
 const strip = (c: Candidate): ModelEndpoint => ({ ip: c.ip, port: c.port, weight: c.weight, ...(c.nodeName ? { nodeName: c.nodeName } : {}) });
 
-/** Memo of per-Service results across syncs, keyed by the inputs' resourceVersions. */
-export type ModelCache = Map<string, { key: string; ports: ServicePortModel[] }>;
+interface CacheEntry {
+  svc: ServiceInput;
+  slices: SliceInput[];
+  key: string | undefined;
+  ports: ServicePortModel[];
+  /** The last build that saw this Service. */
+  generation: number;
+}
 
-function serviceCacheKey(svc: ServiceInput, slices: SliceInput[], nodeKey: string): string | undefined {
-  const rv = (svc.metadata as { resourceVersion?: string }).resourceVersion;
-  const sliceRvs = slices.map((s) => (s.metadata as { resourceVersion?: string }).resourceVersion);
+/** Memo of per-Service results across syncs: valid while the node's name and labels stay. */
+export class ModelCache {
+  nodeKey = '';
+  generation = 0;
+  readonly services = new Map<string, CacheEntry>();
+}
+
+const rvOf = (o: { metadata: unknown }): string | undefined => (o.metadata as { resourceVersion?: string }).resourceVersion;
+
+function serviceCacheKey(svc: ServiceInput, slices: SliceInput[]): string | undefined {
+  const rv = rvOf(svc);
+  const sliceRvs = slices.map(rvOf);
   if (!rv || sliceRvs.some((r) => !r)) return undefined;
-  return `${rv}|${sliceRvs.sort().join(',')}|${nodeKey}`;
+  return `${rv}|${sliceRvs.sort().join(',')}`;
+}
+
+/** Informer caches hand out the same objects while nothing changed: the cheap check first. */
+function unchanged(e: CacheEntry, svc: ServiceInput, slices: SliceInput[]): boolean {
+  if (e.svc === svc && e.slices.length === slices.length && e.slices.every((s, i) => s === slices[i])) return true;
+  const key = serviceCacheKey(svc, slices);
+  return key !== undefined && key === e.key;
 }
 
 /**
@@ -192,24 +214,31 @@ export function buildProxyModel(services: ServiceInput[], slices: SliceInput[], 
     if (list) list.push(s);
     else slicesByService.set(key, [s]);
   }
-  const nodeKey = JSON.stringify([node.name, node.labels]);
+  if (cache) {
+    const nodeKey = JSON.stringify([node.name, node.labels]);
+    if (cache.nodeKey !== nodeKey) cache.services.clear();
+    cache.nodeKey = nodeKey;
+  }
   const ports: ServicePortModel[] = [];
-  const seen = new Set<string>();
+  const generation = cache ? ++cache.generation : 0;
   for (const svc of services) {
     const id = `${svc.metadata.namespace ?? 'default'}/${svc.metadata.name}`;
     const svcSlices = slicesByService.get(id) ?? [];
-    const key = cache ? serviceCacheKey(svc, svcSlices, nodeKey) : undefined;
-    const hit = key ? cache!.get(id) : undefined;
     let result: ServicePortModel[];
-    if (hit && hit.key === key) result = hit.ports;
-    else {
+    const hit = cache?.services.get(id);
+    if (hit && unchanged(hit, svc, svcSlices)) {
+      hit.svc = svc;
+      hit.slices = svcSlices;
+      hit.generation = generation;
+      result = hit.ports;
+    } else {
       result = servicePorts(svc, svcSlices, node, options);
-      if (key) cache!.set(id, { key, ports: result });
+      cache?.services.set(id, { svc, slices: svcSlices, key: serviceCacheKey(svc, svcSlices), ports: result, generation });
     }
-    seen.add(id);
-    ports.push(...result);
+    for (const p of result) ports.push(p);
   }
-  if (cache) for (const id of cache.keys()) if (!seen.has(id)) cache.delete(id);
+  // Forget Services that are gone (only when there are some: ids are unique).
+  if (cache && cache.services.size > services.length) for (const [id, e] of cache.services) if (e.generation !== generation) cache.services.delete(id);
   ports.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   return { ports };
 }

@@ -3,7 +3,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { parseSaved } from '../../src/agent/iptables/apply.ts';
 import { renderIptables } from '../../src/agent/iptables/render.ts';
-import { applyTopologyKeys, buildProxyModel, usableEndpoints, type NodeInput, type ServiceInput, type SliceInput } from '../../src/agent/model.ts';
+import { applyTopologyKeys, buildProxyModel, ModelCache, usableEndpoints, type NodeInput, type ServiceInput, type SliceInput } from '../../src/agent/model.ts';
 import { renderNftables } from '../../src/agent/nftables/render.ts';
 import { trace, verdicts, type Packet } from '../helpers/iptables-tracer.ts';
 import { traceNft } from '../helpers/nftables-tracer.ts';
@@ -157,4 +157,23 @@ test('iptables-save parsing finds our chains and their content hashes only', (t)
   const saved = ['*nat', ':PREROUTING ACCEPT [0:0]', ':KUBE-SERVICES - [0:0]', ':XB-SERVICES - [0:0]', ':XB-SVC-ABC - [0:0]', '-A XB-SERVICES -m comment --comment "xb-hash:00ff"', '-A XB-SERVICES -j XB-SVC-ABC', '-A KUBE-SERVICES -m comment --comment "xb-hash:1234"', 'COMMIT'].join('\n');
   t.deepEqual([...parseSaved(saved, 'nat')], [['XB-SERVICES', '00ff'], ['XB-SVC-ABC', undefined]]);
   t.deepEqual([...parseSaved(saved, 'filter')], []);
+});
+
+test('model cache: unchanged Services keep their port objects; a changed, removed or re-labelled node rebuilds', (t) => {
+  const cache = new ModelCache();
+  const build = (svcs: ServiceInput[], slices: SliceInput[], node = nodeA) => buildProxyModel(svcs, slices, node, { externalIPAllowed: () => false }, cache);
+  const web = service({});
+  const webSlice = slice(three);
+  const first = build([web], [webSlice]);
+  t.is(build([web], [webSlice]).ports[0], first.ports[0], 'same objects: reused');
+  const copy = (o: ServiceInput): ServiceInput => ({ ...o, metadata: { ...o.metadata, resourceVersion: '7' } as ServiceInput['metadata'] });
+  const rv = build([copy(web)], [{ ...webSlice, metadata: { ...webSlice.metadata, resourceVersion: '8' } as SliceInput['metadata'] }]);
+  t.not(rv.ports[0], first.ports[0], 'new objects without a known resourceVersion: rebuilt');
+  const sameRv = build([copy(web)], [{ ...webSlice, metadata: { ...webSlice.metadata, resourceVersion: '8' } as SliceInput['metadata'] }]);
+  t.is(sameRv.ports[0], rv.ports[0], 'new objects, same resourceVersions: reused');
+  const moved = build([copy(web)], [slice(three.slice(0, 1))]);
+  t.is(moved.ports[0]!.clusterEndpoints.length, 1, 'a changed slice: rebuilt');
+  t.not(build([copy(web)], [slice(three.slice(0, 1))], nodeB).ports[0], moved.ports[0], 'another node: rebuilt');
+  build([], []);
+  t.is(cache.services.size, 0, 'removed Services are forgotten');
 });
