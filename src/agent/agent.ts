@@ -253,8 +253,12 @@ function dataPlane(o: AgentOptions, log: Logger): DataPlane {
       sync: async (model, family, full) => {
         const state = renderNftables(model, family, { nodePortCIDRs });
         const r = await appliers[family].apply(state, full);
-        const elements = Object.values(state.maps).reduce((n, m) => n + m.size, 0);
-        return { written: r.written, names: r.names, rules: state.chains.reduce((n, c) => n + c.rules.length, 0) + elements };
+        let rules = 0;
+        for (const table of state.tables) {
+          for (const c of table.chains) rules += c.rules.length;
+          for (const m of table.maps.values()) rules += m.elements.size;
+        }
+        return { written: r.written, names: r.names, rules };
       },
     };
   }

@@ -4,13 +4,14 @@
 // publishing ExternalBackends, and clients inside the nodes and outside them.
 // iptables and nftables run it on this machine (test/integration), IPVS in the qemu
 // guest (test/guest).
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import type { ChildProcess } from 'node:child_process';
 import { REPO_ROOT } from '../../src/devcluster/build.ts';
 import { kubeconfigViaAddress } from '../../src/devcluster/pki.ts';
+import { chainPrefix, shardTable } from '../../src/agent/nftables/render.ts';
 import { applyYaml, kubectl, testKubeconfig, testNamespace, TIME_SCALE, waitFor } from './cluster.ts';
 import { waitForOutput } from './backends.ts';
 import { createLab, type Lab, type LabHost } from './lab.ts';
@@ -149,8 +150,10 @@ async function ruleSnapshot(w: World, node: LabHost, service: string, vip: strin
     const chain = new RegExp(`-A (XB-SVC-\\S+) .*${id.replace(/[/.]/g, (c) => `\\${c}`)} ->`).exec(saved)![1]!;
     listing = await node.exec('nft', ['-a', 'list', 'chain', 'ip', 'nat', chain]);
   } else {
-    const chain = `svc-${createHash('sha256').update(id).digest('hex').slice(0, 16)}`;
-    listing = await node.exec('nft', ['-a', 'list', 'chain', 'ip', 'extbackend', chain]);
+    // The chain's name ends with its content hash: find it by its prefix in its shard.
+    const table = shardTable({ id });
+    const chain = new RegExp(`chain (${chainPrefix('svc', { id })}\\S+) \\{`).exec(await node.exec('nft', ['list', 'chains', 'ip']))![1]!;
+    listing = await node.exec('nft', ['-a', 'list', 'chain', 'ip', table, chain]);
   }
   const handles = [...listing.matchAll(/# handle (\d+)/g)].map((m) => m[1]!);
   const packets = [...listing.matchAll(/counter packets (\d+)/g)].reduce((n, m) => Math.max(n, Number(m[1])), 0);

@@ -1,8 +1,9 @@
-// Walks a rendered nftables table for one packet, like the iptables tracer: which
+// Walks rendered nftables tables for one packet, like the iptables tracer: which
 // endpoint (with what probability) it is DNATed to, whether it is marked for
 // masquerade, or whether it is rejected. Understands exactly the statements the
-// renderer emits; anything else fails loudly.
-import { MASQ_MARK, type NftState } from '../../src/agent/nftables/render.ts';
+// renderer emits; anything else fails loudly. NAT hooks run table after table (the
+// shards) until one translates; the filter hooks are the main table's.
+import { MASQ_MARK, TABLE, type NftState, type NftTable } from '../../src/agent/nftables/render.ts';
 import { cidrContains, parseCidr, parseIP } from '../../src/net/ip.ts';
 import type { Outcome, Packet } from './iptables-tracer.ts';
 
@@ -12,16 +13,21 @@ interface State {
 }
 
 export function traceNft(state: NftState, packet: Packet): Outcome[] {
-  const chains = new Map(state.chains.map((c) => [c.name, c]));
   const outcomes: Outcome[] = [];
   const nf = state.family;
+  let table: NftTable = state.tables[0]!;
+  let chains = new Map<string, NftTable['chains'][number]>();
+  const enter = (t: NftTable): void => {
+    table = t;
+    chains = new Map(t.chains.map((c) => [c.name, c]));
+  };
 
   /** Evaluates a map lookup statement: the verdict for this packet, if any. */
   const lookup = (rule: string): string | undefined => {
     const map = /vmap @(\S+)$/.exec(rule)?.[1];
     if (!map) return undefined;
-    const elements = state.maps[map as keyof NftState['maps']];
-    if (!elements) throw new Error(`tracer: no map ${map}`);
+    const elements = table.maps.get(map)?.elements;
+    if (!elements) throw new Error(`tracer: no map ${map} in table ${table.name}`);
     if (rule.startsWith(`${nf} daddr . meta l4proto . th dport`)) return elements.get(`${packet.dst} . ${packet.protocol} . ${packet.dport}`);
     // Node ports: only to local destinations (optionally inside --nodeport-addresses).
     const cidrs = /daddr \{ ([^}]+) \}/.exec(rule)?.[1]?.split(', ') ?? [];
@@ -90,12 +96,17 @@ export function traceNft(state: NftState, packet: Packet): Outcome[] {
     return s;
   };
 
-  // nat prerouting/output (DNAT) comes before the filter hooks (REJECT).
-  const fell = run('services', { masquerade: false, probability: 1 });
+  // nat prerouting/output (DNAT), shard after shard, comes before the filter hooks (REJECT).
+  let fell: State | undefined = { masquerade: false, probability: 1 };
+  for (const shard of state.tables.filter((t) => t.name !== TABLE)) {
+    if (!fell || fell.probability <= 1e-9) break;
+    enter(shard);
+    fell = run('services', fell);
+  }
   if (fell && fell.probability > 1e-9) {
+    enter(state.tables.find((t) => t.name === TABLE)!);
     const f = run(packet.dstLocal ? 'external-filter' : 'services-filter', fell);
     if (f && f.probability > 1e-9) outcomes.push({ verdict: 'ACCEPT', masquerade: f.masquerade, probability: f.probability });
   }
   return outcomes;
 }
-

@@ -117,10 +117,12 @@ policy('UDP is its own port: a TCP rule never takes a UDP packet', (t) => {
 test('nftables: session affinity checks a set per endpoint before the random choice; no anonymous sets', (t) => {
   const model = buildProxyModel([service({ sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } })], [slice(three)], nodeA, { externalIPAllowed: () => false });
   const state = renderNftables(model, 4, { nodePortCIDRs: [] });
-  const rules = state.chains.flatMap((c) => c.rules);
+  const rules = state.tables.flatMap((tb) => tb.chains).flatMap((c) => c.rules);
+  const sets = state.tables.flatMap((tb) => tb.sets);
   t.is(rules.filter((r) => /^ip saddr @aff-\w+ goto sep-/.test(r)).length, 3);
   t.is(rules.filter((r) => r.startsWith('update @aff-')).length, 3);
-  t.true(state.sets.every((s) => s.definition.includes('timeout 60s')));
+  t.is(sets.length, 3);
+  t.true(sets.every((s) => s.definition.includes('timeout 60s')));
   t.false(rules.some((r) => r.includes('{') && r.includes(':') && !r.startsWith('update')), 'no anonymous maps (nft reloads every set on each call)');
 });
 

@@ -1,124 +1,156 @@
-// Applies an NftState with one `nft -f` transaction per family and sync. Chains are
-// rewritten only when their content hash (kept in a comment on their first rule)
-// differs from the kernel's; map elements are diffed against what we last wrote, and
-// on a full sync each map is flushed and refilled inside the same transaction (atomic:
-// no packet sees it empty). Only our table is ever touched.
+// Applies an NftState with one `nft -f` transaction per family and sync. What the
+// kernel holds is learned cheaply: table, chain, set and map names (`nft list chains`
+// is fast; `nft list table` would print every rule, seconds at 10 000 Services).
+// Service chains carry their content hash in their name, so existing ones are right;
+// fixed chains are rewritten when their hash differs from what we last wrote (always on
+// a full sync). Map elements are diffed against what we last wrote; on a full sync each
+// map is flushed and refilled inside the same transaction (atomic: no packet sees it
+// empty). Only our tables are ever touched.
 import { runTool } from '../../net/system-command.ts';
-import { mapDefinitions, TABLE, type MapName, type NftState } from './render.ts';
+import { isOurTable, type NftState } from './render.ts';
 
-/** Chains (with their hash comment) and sets of our table, from `nft list table`. */
-export function parseTable(text: string): { chains: Map<string, string | undefined>; sets: Set<string> } {
-  const chains = new Map<string, string | undefined>();
-  const sets = new Set<string>();
-  let current: string | undefined;
-  for (const line of text.split('\n')) {
-    const chain = /^\s*chain (\S+) \{/.exec(line);
-    if (chain) {
-      current = chain[1]!;
-      chains.set(current, undefined);
-      continue;
-    }
-    const set = /^\s*set (\S+) \{/.exec(line);
-    if (set) {
-      sets.add(set[1]!);
-      current = undefined;
-      continue;
-    }
-    const hash = /comment "xb-hash:([0-9a-f]+)"/.exec(line);
-    if (current && hash && chains.get(current) === undefined) chains.set(current, hash[1]);
-  }
-  return { chains, sets };
+/** What we know a table holds: chain name -> hash we wrote (undefined: content unknown); sets; maps with their elements (undefined: unknown). */
+interface KnownTable {
+  chains: Map<string, string | undefined>;
+  sets: Set<string>;
+  maps: Map<string, Map<string, string> | undefined>;
 }
 
-const nft = (args: string[], input?: string): Promise<string> => runTool('nft', args, input);
+/** `nft list chains|sets|maps <family>` output -> table -> names of the given kind, for our tables. */
+export function parseListing(text: string, kind: 'chain' | 'set' | 'map'): Map<string, string[]> {
+  const tables = new Map<string, string[]>();
+  let current: string[] | undefined;
+  for (const line of text.split('\n')) {
+    const table = /^table \S+ (\S+)/.exec(line);
+    if (table) {
+      current = isOurTable(table[1]!) ? [] : undefined;
+      if (current) tables.set(table[1]!, current);
+      continue;
+    }
+    const item = new RegExp(`^\\s+${kind} (\\S+) \\{`).exec(line);
+    if (item && current) current.push(item[1]!);
+  }
+  return tables;
+}
 
-/** Stale chains are deleted referrers first: service chains before endpoint chains. */
-const deleteOrder = (name: string): number => (name.startsWith('svc-') || name.startsWith('ext-') ? 0 : name.startsWith('sep-') ? 1 : 2);
+/** Runs nft with these arguments (and stdin); tests pass one that runs it in a namespace. */
+export type NftRunner = (args: string[], input?: string) => Promise<string>;
+const systemNft: NftRunner = (args, input) => runTool('nft', args, input);
+
+/** Stale chains are deleted referrers first: service chains before endpoint chains before fixed ones. */
+const deleteOrder = (name: string): number => (name.startsWith('svc-') || name.startsWith('ext-') ? 0 : name.startsWith('sep-') ? 1 : name.startsWith('nat-') || name.startsWith('filter-') ? 2 : 3);
+
+export interface NftApplyResult {
+  written: number;
+  names: string[];
+  deleted: number;
+  elements: number;
+}
 
 export class NftablesApplier {
   private readonly family: 'ip' | 'ip6';
-  private chains = new Map<string, string | undefined>();
-  private sets = new Set<string>();
-  private elements: Record<MapName, Map<string, string>> | undefined;
+  private readonly nft: NftRunner;
+  private known = new Map<string, KnownTable>();
   private loaded = false;
 
-  constructor(family: 'ip' | 'ip6') {
+  constructor(family: 'ip' | 'ip6', nft: NftRunner = systemNft) {
     this.family = family;
+    this.nft = nft;
   }
 
+  /** Names of everything in our tables now (after a restart, or to verify on a full sync). */
   private async load(): Promise<void> {
-    let text = '';
-    try {
-      text = await nft(['list', 'table', this.family, TABLE]);
-    } catch {
-      text = ''; // no table yet
-    }
-    const parsed = parseTable(text);
-    this.chains = parsed.chains;
-    this.sets = parsed.sets;
-    this.elements = undefined; // unknown: refill the maps
+    const [chains, sets, maps] = await Promise.all([
+      this.nft(['list', 'chains', this.family]),
+      this.nft(['-t', 'list', 'sets', this.family]),
+      this.nft(['-t', 'list', 'maps', this.family]),
+    ]);
+    this.known.clear();
+    for (const [table, names] of parseListing(chains, 'chain')) this.known.set(table, { chains: new Map(names.map((n) => [n, undefined])), sets: new Set(), maps: new Map() });
+    for (const [table, names] of parseListing(sets, 'set')) for (const n of names) this.known.get(table)?.sets.add(n);
+    for (const [table, names] of parseListing(maps, 'map')) for (const n of names) this.known.get(table)?.maps.set(n, undefined);
     this.loaded = true;
   }
 
-  async apply(state: NftState, full: boolean): Promise<{ written: number; names: string[]; deleted: number; rules: number; elements: number }> {
+  async apply(state: NftState, full: boolean): Promise<NftApplyResult> {
     if (full || !this.loaded) await this.load();
-    const t = `${this.family} ${TABLE}`;
-    const lines: string[] = [`add table ${t}`];
-    for (const [name, def] of Object.entries(mapDefinitions(this.family))) lines.push(`add map ${t} ${name} { ${def} }`);
-    for (const s of state.sets) if (!this.sets.has(s.name)) lines.push(`add set ${t} ${s.name} { ${s.definition} }`);
-    const write = state.chains.filter((c) => this.chains.get(c.name) !== c.hash);
-    // Create every new chain first, so rules and map elements may refer to any of them.
-    for (const c of write) if (!this.chains.has(c.name)) lines.push(`add chain ${t} ${c.name}${c.base ? ` { ${c.base} }` : ''}`);
-    for (const c of write) {
-      if (this.chains.has(c.name)) lines.push(`flush chain ${t} ${c.name}`);
-      lines.push(`add rule ${t} ${c.name} counter comment "xb-hash:${c.hash}"`);
-      for (const r of c.rules) lines.push(`add rule ${t} ${c.name} ${r}`);
-    }
-    let elementChanges = 0;
-    for (const [map, wanted] of Object.entries(state.maps) as [MapName, Map<string, string>][]) {
-      const had = this.elements?.[map];
-      if (!had) {
-        lines.push(`flush map ${t} ${map}`);
-        if (wanted.size) lines.push(`add element ${t} ${map} { ${[...wanted].map(([k, v]) => `${k} : ${v}`).join(', ')} }`);
-        elementChanges += wanted.size;
-        continue;
+    const lines: string[] = [];
+    const deletes: string[] = [];
+    const written: string[] = [];
+    let elements = 0;
+    let deleted = 0;
+    const wantedTables = new Set(state.tables.map((t) => t.name));
+    for (const table of state.tables) {
+      const t = `${this.family} ${table.name}`;
+      const known: KnownTable = this.known.get(table.name) ?? { chains: new Map(), sets: new Set(), maps: new Map() };
+      if (!this.known.has(table.name)) lines.push(`add table ${t}`);
+      for (const [name, m] of table.maps) if (!known.maps.has(name)) lines.push(`add map ${t} ${name} { ${m.definition} }`);
+      for (const s of table.sets) if (!known.sets.has(s.name)) lines.push(`add set ${t} ${s.name} { ${s.definition} }`);
+      const write = table.chains.filter((c) => !known.chains.has(c.name) || (!c.versioned && known.chains.get(c.name) !== c.hash));
+      // Create every new chain first, so rules and map elements may refer to any of them.
+      for (const c of write) if (!known.chains.has(c.name)) lines.push(`add chain ${t} ${c.name}${c.base ? ` { ${c.base} }` : ''}`);
+      for (const c of write) if (known.chains.has(c.name)) lines.push(`flush chain ${t} ${c.name}`);
+      // Rules in one block per table: nft parses it faster than an `add rule` command per rule.
+      if (write.length) {
+        lines.push(`table ${t} {`);
+        for (const c of write) {
+          // The first rule also counts what enters the chain.
+          lines.push(`chain ${c.name} {`, ...c.rules.map((r, i) => (i ? r : `counter ${r}`)), '}');
+          written.push(c.name);
+        }
+        lines.push('}');
       }
-      const gone = [...had].filter(([k, v]) => wanted.get(k) !== v).map(([k]) => k);
-      const added = [...wanted].filter(([k, v]) => had.get(k) !== v);
-      if (gone.length) lines.push(`delete element ${t} ${map} { ${gone.join(', ')} }`);
-      if (added.length) lines.push(`add element ${t} ${map} { ${added.map(([k, v]) => `${k} : ${v}`).join(', ')} }`);
-      elementChanges += gone.length + added.length;
+      for (const [name, m] of table.maps) {
+        const had = known.maps.get(name);
+        if (!had) {
+          if (known.maps.has(name)) lines.push(`flush map ${t} ${name}`);
+          if (m.elements.size) lines.push(`add element ${t} ${name} { ${[...m.elements].map(([k, v]) => `${k} : ${v}`).join(', ')} }`);
+          elements += m.elements.size;
+          continue;
+        }
+        const gone = [...had].filter(([k, v]) => m.elements.get(k) !== v).map(([k]) => k);
+        const added = [...m.elements].filter(([k, v]) => had.get(k) !== v);
+        if (gone.length) lines.push(`delete element ${t} ${name} { ${gone.join(', ')} }`);
+        if (added.length) lines.push(`add element ${t} ${name} { ${added.map(([k, v]) => `${k} : ${v}`).join(', ')} }`);
+        elements += gone.length + added.length;
+      }
+      // Deletions go last (after the elements that referred to them changed).
+      const wantedChains = new Set(table.chains.map((c) => c.name));
+      const stale = [...known.chains.keys()].filter((n) => !wantedChains.has(n)).sort((a, b) => deleteOrder(a) - deleteOrder(b));
+      for (const name of stale) deletes.push(`delete chain ${t} ${name}`);
+      const wantedSets = new Set(table.sets.map((s) => s.name));
+      for (const name of [...known.sets].filter((s) => !wantedSets.has(s))) deletes.push(`delete set ${t} ${name}`);
+      for (const name of [...known.maps.keys()].filter((m) => !table.maps.has(m))) deletes.push(`delete map ${t} ${name}`);
+      deleted += stale.length;
     }
-    const wantedChains = new Set(state.chains.map((c) => c.name));
-    const stale = [...this.chains.keys()].filter((n) => !wantedChains.has(n)).sort((a, b) => deleteOrder(a) - deleteOrder(b));
-    for (const name of stale) lines.push(`delete chain ${t} ${name}`);
-    const wantedSets = new Set(state.sets.map((s) => s.name));
-    const staleSets = [...this.sets].filter((s) => !wantedSets.has(s));
-    for (const name of staleSets) lines.push(`delete set ${t} ${name}`);
+    // Whole tables we no longer need (a shard without Services, or left by another layout).
+    for (const name of [...this.known.keys()].filter((n) => !wantedTables.has(n))) deletes.push(`delete table ${this.family} ${name}`);
 
-    const changed = write.length > 0 || elementChanges > 0 || stale.length > 0 || staleSets.length > 0 || state.sets.some((s) => !this.sets.has(s.name));
-    if (changed) {
+    const ruleset = [...lines, ...deletes];
+    if (ruleset.length) {
       try {
-        await nft(['-f', '-'], `${lines.join('\n')}\n`);
+        await this.nft(['-f', '-'], `${ruleset.join('\n')}\n`);
       } catch (err) {
         this.loaded = false;
         throw err;
       }
     }
-    for (const c of write) this.chains.set(c.name, c.hash);
-    for (const n of stale) this.chains.delete(n);
-    this.sets = new Set(state.sets.map((s) => s.name));
-    this.elements = Object.fromEntries(Object.entries(state.maps).map(([k, v]) => [k, new Map(v)])) as Record<MapName, Map<string, string>>;
-    return { written: write.length, names: write.map((c) => c.name), deleted: stale.length, rules: write.reduce((n, c) => n + c.rules.length + 1, 0), elements: elementChanges };
+    // The rendered state is not changed after a sync: keep its maps rather than copy them.
+    this.known.clear();
+    for (const table of state.tables) {
+      this.known.set(table.name, {
+        chains: new Map(table.chains.map((c) => [c.name, c.hash])),
+        sets: new Set(table.sets.map((s) => s.name)),
+        maps: new Map([...table.maps].map(([n, m]) => [n, m.elements])),
+      });
+    }
+    return { written: written.length, names: written, deleted, elements };
   }
 
-  /** Deletes our table (and with it everything the agent made in this family). */
+  /** Deletes our tables (and with them everything the agent made in this family). */
   async cleanup(): Promise<number> {
-    try {
-      await nft(['delete', 'table', this.family, TABLE]);
-      return 1;
-    } catch {
-      return 0;
-    }
+    const tables = [...parseListing(await this.nft(['list', 'tables', this.family]).catch(() => ''), 'chain').keys()];
+    for (const name of tables) await this.nft(['delete', 'table', this.family, name]);
+    return tables.length;
   }
 }

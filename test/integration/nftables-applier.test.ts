@@ -1,0 +1,92 @@
+// The nftables applier against the real kernel, in a network namespace of the test's
+// own: sharded tables, restarts that rewrite no Service chain, one-Service changes that
+// touch only their shard, leftovers of other layouts removed, foreign tables untouched.
+import test from 'ava';
+import { buildProxyModel, ModelCache, type ProxyModel, type ServiceInput, type SliceInput } from '../../src/agent/model.ts';
+import { NftablesApplier, type NftRunner } from '../../src/agent/nftables/apply.ts';
+import { chainPrefix, renderNftables, shardTable, TABLE } from '../../src/agent/nftables/render.ts';
+import { runTool, systemCommand } from '../../src/net/system-command.ts';
+import { createBackendHost } from '../helpers/netns.ts';
+
+const SERVICES = 40;
+
+/** SERVICES Services x 3 endpoints; `moved` gives Service 0 other endpoints. */
+function inputs(moved: boolean, count = SERVICES): { services: ServiceInput[]; slices: SliceInput[] } {
+  const services: ServiceInput[] = [];
+  const slices: SliceInput[] = [];
+  for (let i = 0; i < count; i++) {
+    const name = `svc-${i}`;
+    const shift = moved && i === 0 ? 100 : 0;
+    services.push({ metadata: { name, namespace: 'applier', resourceVersion: `s${i}` } as ServiceInput['metadata'], spec: { clusterIP: `10.96.1.${i + 1}`, ports: [{ name: 'http', port: 80, protocol: 'TCP' }] } });
+    slices.push({
+      metadata: { name, namespace: 'applier', labels: { 'kubernetes.io/service-name': name }, resourceVersion: `e${i}-${shift}` } as SliceInput['metadata'],
+      addressType: 'IPv4',
+      ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
+      endpoints: [1, 2, 3].map((e) => ({ addresses: [`198.18.${i + shift}.${e}`], conditions: { ready: true } })),
+    });
+  }
+  return { services, slices };
+}
+
+const node = { name: 'n', labels: {}, nodePortAddresses: [] };
+const model = (moved: boolean, cache: ModelCache, count?: number): ProxyModel => {
+  const { services, slices } = inputs(moved, count);
+  return buildProxyModel(services, slices, node, { externalIPAllowed: () => false }, cache);
+};
+const render = (m: ProxyModel) => renderNftables(m, 4, { nodePortCIDRs: [] });
+
+test('nftables applier: shards, restarts, one-Service changes and leftovers in a real kernel', async (t) => {
+  const host = await createBackendHost(t);
+  const nft: NftRunner = (args, input) => runTool('ip', ['netns', 'exec', host.name, systemCommand('nft'), ...args], input);
+  const tables = async (): Promise<string[]> => [...(await nft(['list', 'tables', 'ip'])).matchAll(/^table ip (\S+)$/gm)].map((m) => m[1]!).sort();
+  const handles = async (table: string): Promise<string> => (await nft(['-a', 'list', 'table', 'ip', table])).replace(/counter packets \d+ bytes \d+/g, 'counter');
+  const cache = new ModelCache();
+  const m0 = model(false, cache);
+  const expectedShards = [...new Set(m0.ports.map((p) => shardTable(p)))].sort();
+  t.true(expectedShards.length > 8, 'forty Services spread over most shards');
+
+  // A foreign table (like kube-proxy's) must survive everything below.
+  await nft(['-f', '-'], 'add table ip foreign\nadd chain ip foreign c { type nat hook prerouting priority dstnat; }\nadd rule ip foreign c counter\n');
+  const foreign = await nft(['list', 'table', 'ip', 'foreign']);
+
+  const applier = new NftablesApplier('ip', nft);
+  const first = await applier.apply(render(m0), true);
+  t.is(first.written, m0.ports.length + 8 + 3 * expectedShards.length, 'every Service chain, the main table\'s and each shard\'s fixed chains');
+  t.deepEqual(await tables(), [TABLE, ...expectedShards, 'foreign'].sort());
+  const svc0 = m0.ports.find((p) => p.service === 'svc-0')!;
+  const shard0 = shardTable(svc0);
+  const before = new Map(await Promise.all(expectedShards.map(async (s) => [s, await handles(s)] as const)));
+  t.regex(before.get(shard0)!, new RegExp(`chain ${chainPrefix('svc', svc0)}[0-9a-f]{12} \\{`));
+
+  // A restarted agent reads names only and rewrites no Service chain (counters and handles stay).
+  const restarted = new NftablesApplier('ip', nft);
+  const again = await restarted.apply(render(model(false, new ModelCache())), true);
+  t.false(again.names.some((n) => n.startsWith('svc-')), `rewrote ${again.names.join(' ')}`);
+  for (const s of expectedShards) t.is((await handles(s)).replace(/ # handle \d+/g, ''), before.get(s)!.replace(/ # handle \d+/g, ''), `${s} holds the same rules`);
+  const svcHandles = (text: string): string[] => [...text.matchAll(/(svc-\S+) \{ # handle (\d+)/g)].map((m) => `${m[1]}#${m[2]}`);
+  t.deepEqual(svcHandles(await handles(shard0)), svcHandles(before.get(shard0)!), 'the same Service chains, not recreated');
+
+  // One Service changes: one new chain in its shard, the old one gone, every other shard untouched.
+  const settled = new Map(await Promise.all(expectedShards.map(async (s) => [s, await handles(s)] as const)));
+  const changed = await restarted.apply(render(model(true, cache)), false);
+  t.deepEqual(changed.names.map((n) => n.slice(0, chainPrefix('svc', svc0).length)), [chainPrefix('svc', svc0)]);
+  t.is(changed.deleted, 1);
+  for (const s of expectedShards.filter((x) => x !== shard0)) t.is(await handles(s), settled.get(s)!, `${s} untouched`);
+  const after = await handles(shard0);
+  t.regex(after, /198\.18\.100\.1:8080/);
+  t.notRegex(after, /198\.18\.0\.1:8080/);
+
+  // Leftovers of another layout: a shard beyond SHARDS, a Service chain and a map in the main table.
+  await nft(['-f', '-'], `add table ip ${TABLE}-svc99\nadd chain ip ${TABLE} svc-0123456789ab-0123456789ab\nadd map ip ${TABLE} service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }\n`);
+  await restarted.apply(render(model(true, cache)), true);
+  t.deepEqual(await tables(), [TABLE, ...expectedShards, 'foreign'].sort());
+  const main = await nft(['list', 'table', 'ip', TABLE]);
+  t.notRegex(main, /svc-0123456789ab|map service-ips/);
+
+  // No Services: only the main table stays; cleanup removes it too.
+  await restarted.apply(render(model(false, cache, 0)), false);
+  t.deepEqual(await tables(), [TABLE, 'foreign']);
+  t.is(await restarted.cleanup(), 1);
+  t.deepEqual(await tables(), ['foreign']);
+  t.is(await nft(['list', 'table', 'ip', 'foreign']), foreign);
+});
