@@ -11,6 +11,7 @@ import type { ExecutionContext } from 'ava';
 import type { ChildProcess } from 'node:child_process';
 import { REPO_ROOT } from '../../src/devcluster/build.ts';
 import { kubeconfigViaAddress } from '../../src/devcluster/pki.ts';
+import { svcChain as iptablesSvcChain } from '../../src/agent/iptables/render.ts';
 import { chainPrefix, shardTable } from '../../src/agent/nftables/render.ts';
 import { applyYaml, kubectl, testKubeconfig, testNamespace, TIME_SCALE, waitFor } from './cluster.ts';
 import { waitForOutput } from './backends.ts';
@@ -146,9 +147,7 @@ async function ruleSnapshot(w: World, node: LabHost, service: string, vip: strin
   }
   if (w.mode === 'iptables') {
     // iptables here is iptables-nft: the same rules, seen through nft, have handles.
-    const saved = await node.exec('iptables-save', ['-t', 'nat']);
-    const chain = new RegExp(`-A (XB-SVC-\\S+) .*${id.replace(/[/.]/g, (c) => `\\${c}`)} ->`).exec(saved)![1]!;
-    listing = await node.exec('nft', ['-a', 'list', 'chain', 'ip', 'nat', chain]);
+    listing = await node.exec('nft', ['-a', 'list', 'chain', 'ip', 'nat', iptablesSvcChain({ id })]);
   } else {
     // The chain's name ends with its content hash: find it by its prefix in its shard.
     const table = shardTable({ id });

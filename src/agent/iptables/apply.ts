@@ -41,8 +41,8 @@ export interface ApplyResult {
 
 export class IptablesApplier {
   private readonly cmd: IptablesCommands;
-  /** table/chain -> hash in the kernel, as far as we know. */
-  private known = new Map<string, string | undefined>();
+  /** Per table, chain -> hash in the kernel, as far as we know. */
+  private known: Record<Table, Map<string, string | undefined>> = { nat: new Map(), filter: new Map() };
   private loaded = false;
 
   constructor(family: 4 | 6) {
@@ -55,25 +55,17 @@ export class IptablesApplier {
 
   /** Reads what our chains hold now (after a restart, or to verify on a full sync). */
   async load(): Promise<void> {
-    this.known.clear();
-    for (const table of ['nat', 'filter'] as const) {
-      const saved = await this.exec(this.cmd.save, ['-t', table]);
-      for (const [name, hash] of parseSaved(saved, table)) this.known.set(`${table}/${name}`, hash);
-    }
+    for (const table of ['nat', 'filter'] as const) this.known[table] = parseSaved(await this.exec(this.cmd.save, ['-t', table]), table);
     this.loaded = true;
   }
 
   /** Writes what differs. `full` re-reads the kernel first, so anything changed behind our back is repaired. */
   async apply(chains: Chain[], full: boolean): Promise<ApplyResult> {
     if (full || !this.loaded) await this.load();
-    const wanted = new Set(chains.map((c) => `${c.table}/${c.name}`));
-    const write = chains.filter((c) => this.known.get(`${c.table}/${c.name}`) !== c.hash);
-    const remove = [...this.known.keys()]
-      .filter((k) => !wanted.has(k))
-      .map((k) => {
-        const [table, name] = k.split('/') as [Table, string];
-        return { table, name };
-      });
+    const write = chains.filter((c) => this.known[c.table].get(c.name) !== c.hash);
+    const wanted = { nat: new Set<string>(), filter: new Set<string>() };
+    for (const c of chains) wanted[c.table].add(c.name);
+    const remove = (['nat', 'filter'] as const).flatMap((table) => [...this.known[table].keys()].filter((name) => !wanted[table].has(name)).map((name) => ({ table, name })));
     const input = restoreInput(write, remove);
     if (input) {
       try {
@@ -82,8 +74,8 @@ export class IptablesApplier {
         this.loaded = false; // unknown state now: the next sync re-reads the kernel
         throw err;
       }
-      for (const c of write) this.known.set(`${c.table}/${c.name}`, c.hash);
-      for (const r of remove) this.known.delete(`${r.table}/${r.name}`);
+      for (const c of write) this.known[c.table].set(c.name, c.hash);
+      for (const r of remove) this.known[r.table].delete(r.name);
     }
     // With iptables-nft every iptables call reads the whole ruleset: check the hooks on
     // full syncs only (the first sync is full; the periodic one repairs removed hooks).
@@ -117,13 +109,10 @@ export class IptablesApplier {
       }
     }
     await this.load();
-    const ours = [...this.known.keys()].map((k) => {
-      const [table, name] = k.split('/') as [Table, string];
-      return { table, name };
-    });
+    const ours = (['nat', 'filter'] as const).flatMap((table) => [...this.known[table].keys()].map((name) => ({ table, name })));
     const input = restoreInput([], ours);
     if (input) await this.exec(this.cmd.restore, ['--noflush', '-w', '5'], input);
-    this.known.clear();
+    this.known = { nat: new Map(), filter: new Map() };
     return removed + ours.length;
   }
 }

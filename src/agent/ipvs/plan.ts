@@ -122,13 +122,12 @@ export function ipvsChains(family: 4 | 6): Chain[] {
     `! -p ${icmp} -m set --match-set ${s.vips} dst -m set ! --match-set ${s.owned} dst,dst -m comment --comment "extbackend: not a service port" -j REJECT`,
   ];
   return [
-    chainOf('nat', TOP.services, [`-m set --match-set ${s.masq} dst,dst -j ${TOP.markMasq}`]),
+    chainOf('nat', TOP.services, [`-m set --match-set ${s.masq} dst,dst -j MARK --or-mark ${MASQ_MARK}`]),
     chainOf('nat', TOP.postrouting, [
       `-m mark ! --mark ${MASQ_MARK}/${MASQ_MARK} -j RETURN`,
       `-j MARK --xor-mark ${MASQ_MARK}`,
       `-m comment --comment "extbackend: outside hosts cannot route replies to pod or client addresses" -j MASQUERADE`,
     ]),
-    chainOf('nat', TOP.markMasq, [`-j MARK --or-mark ${MASQ_MARK}`]),
     chainOf('filter', TOP.filterServices, reject),
     chainOf('filter', TOP.filterExternal, reject),
   ];
