@@ -29,6 +29,8 @@ const systemPath = (process.env.PATH ?? '').split(':').filter((d) => !d.includes
 const ns = 'bench-agent';
 const ENDPOINTS = 10;
 const PROBE_PORT = 18080;
+/** How long to wait for a proxy's first full sync ($BENCH_FULL_SYNC_TIMEOUT seconds, default 600). */
+const FULL_SYNC_TIMEOUT_S = Number(process.env.BENCH_FULL_SYNC_TIMEOUT ?? 600);
 
 const cluster = await startLocalCluster();
 let host: BackendHost | undefined;
@@ -132,9 +134,20 @@ try {
           return sumMetric(m, new RegExp(`^${name}(\\{[^}]*\\})? `));
         };
         let m = await metrics();
-        while (metric(m, 'full', 'count') < 1) {
+        const fullDeadline = Date.now() + FULL_SYNC_TIMEOUT_S * 1000;
+        while (metric(m, 'full', 'count') < 1 && Date.now() < fullDeadline) {
           await sleep(200);
           m = await metrics();
+        }
+        if (metric(m, 'full', 'count') < 1) {
+          // kube-proxy's iptables mode at 10 000 Services has not finished one in 19 minutes here.
+          console.log(`  ${String(size).padStart(8)}  ${mode.padEnd(8)}  ${proxy.padEnd(10)}  no full sync within ${FULL_SYNC_TIMEOUT_S} s`);
+          results.set(`${size}/${mode}/${proxy}`, { full: Infinity, partial: Infinity });
+          child.kill('SIGTERM');
+          probeServer.close();
+          await host.destroy();
+          host = undefined;
+          continue;
         }
         await sleep(1500); // let the follow-up syncs of the initial burst settle
         m = await metrics();
@@ -166,7 +179,8 @@ try {
       }
       const o = results.get(`${size}/${mode}/ours`);
       const k = results.get(`${size}/${mode}/kube-proxy`);
-      if (o && k) console.log(`  ${String(size).padStart(8)}  ${mode.padEnd(8)}  ours/kube-proxy  full ${(o.full / k.full).toFixed(2)}, one change ${(o.partial / k.partial).toFixed(2)}`);
+      const ratio = (a: number, b: number): string => (Number.isFinite(b) ? (a / b).toFixed(2) : 'kube-proxy did not finish');
+      if (o && k) console.log(`  ${String(size).padStart(8)}  ${mode.padEnd(8)}  ours/kube-proxy  full ${ratio(o.full, k.full)}, one change ${ratio(o.partial, k.partial)}`);
     }
   }
   await client.close();
