@@ -126,9 +126,10 @@ try {
         child.once('exit', (code) => code && console.error(`${proxy} exited (${code}):\n${log}`));
         const metricsUrl = `http://${host.ip}:10266/metrics`;
         const metrics = (): Promise<string> => scrapeMetrics(metricsUrl);
+        // kube-proxy syncs each IP family on its own (the node namespace has IPv6 too): only its IPv4 syncs count.
         const names = ours
           ? { full: 'extbackend_agent_sync_duration_seconds_%{kind="full"}', partial: 'extbackend_agent_sync_duration_seconds_%{kind="partial"}' }
-          : { full: 'kubeproxy_sync_full_proxy_rules_duration_seconds_%', partial: 'kubeproxy_sync_partial_proxy_rules_duration_seconds_%' };
+          : { full: 'kubeproxy_sync_full_proxy_rules_duration_seconds_%{ip_family="IPv4"}', partial: 'kubeproxy_sync_partial_proxy_rules_duration_seconds_%{ip_family="IPv4"}' };
         const metric = (m: string, which: 'full' | 'partial', part: 'count' | 'sum'): number => {
           const name = names[which].replace('%', part).replace(/[{}"=]/g, (c) => `\\${c}`);
           return sumMetric(m, new RegExp(`^${name}(\\{[^}]*\\})? `));
