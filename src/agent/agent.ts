@@ -106,10 +106,14 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const model = buildProxyModel(services.list(), slices.list(), nodeInput(), {
       externalIPAllowed: (ip) => externalCidrs.some((c) => cidrContains(c, parseIP(ip)!)),
     }, modelCache);
+    // Where a sync's time went, for the log: model, then each family's render + apply.
+    const phases: Record<string, number> = { modelMs: Math.round(performance.now() - started) };
     let written = 0;
     const names: string[] = [];
     for (const family of [4, 6] as const) {
+      const before = performance.now();
       const result = await plane.sync(model, family, full);
+      phases[`ipv${family}Ms`] = Math.round(performance.now() - before);
       written += result.written;
       names.push(...(result.names ?? []));
       chainsWritten.inc({ family: String(family) }, result.written);
@@ -124,7 +128,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const now = Date.now();
     for (const t of pendingTriggers) programming.observe((now - t) / 1000);
     pendingTriggers = [];
-    const fields = { full, ports: model.ports.length, chainsWritten: written, ms: Math.round(seconds * 1000), chains: names.slice(0, 6).join(' ') };
+    const fields = { full, ports: model.ports.length, chainsWritten: written, ms: Math.round(seconds * 1000), ...phases, chains: names.slice(0, 6).join(' ') };
     if (written) log.info('synced', fields);
     else log.debug('synced', fields);
   };
