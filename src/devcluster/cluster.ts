@@ -15,7 +15,8 @@ import { logger } from '../log.ts';
 import { ensureControlPlane, type ControlPlaneBinary, type ControlPlaneBuild } from './build.ts';
 import { createPki, kubeconfigYaml, type ClusterPki } from './pki.ts';
 
-export const SERVICE_CIDR = '10.96.0.0/16';
+// Dual-stack: Services that ask for it (the operator's prefer both families) get an IPv6 cluster IP too.
+export const SERVICE_CIDR = '10.96.0.0/16,fd00:10:96::/112';
 export const POD_CIDR = '10.244.0.0/16';
 
 // Controllers whose behaviour our objects depend on: ownerReference GC, namespace

@@ -126,6 +126,9 @@ export function desiredService(eb: ExternalBackend): KubeObject {
       ...(external && p.nodePort ? { nodePort: p.nodePort } : {}),
     })),
   };
+  // Hosts may be IPv4 or IPv6: a dual-stack cluster gives the Service both families
+  // (each family's hosts are reached through its own cluster IP); a single-stack one, its one.
+  spec.ipFamilyPolicy = 'PreferDualStack';
   if (type === 'Headless') spec.clusterIP = 'None';
   else if (svc.clusterIP) spec.clusterIP = svc.clusterIP;
   if (external && svc.externalTrafficPolicy) spec.externalTrafficPolicy = svc.externalTrafficPolicy;

@@ -28,6 +28,7 @@ test('a selectorless Service labelled for the agent, owned by the backend', (t) 
   t.is(svc.metadata.annotations['extbackend.io/topology-keys'], 'kubernetes.io/hostname,*');
   t.deepEqual(svc.metadata.ownerReferences.map((o) => [o.uid, o.controller]), [['uid-1', true]]);
   t.deepEqual(svc.spec.sessionAffinityConfig, { clientIP: { timeoutSeconds: 10800 } });
+  t.is(svc.spec.ipFamilyPolicy, 'PreferDualStack', 'IPv6 hosts get an IPv6 cluster IP where the cluster has one');
   const kp = desiredState(backend({ addresses: [{ ip: '192.0.2.1' }], service: { proxy: 'kube-proxy' } }), []).service;
   t.is(kp.metadata.labels?.['service.kubernetes.io/service-proxy-name'], undefined, 'kube-proxy mode leaves the proxy label off');
 });
