@@ -136,7 +136,12 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   /** kube-proxy's healthCheckNodePort contract: 200 with local endpoints, 503 without. */
   const syncHealthCheckServers = async (model: ProxyModel): Promise<void> => {
     const wanted = new Map<number, { namespace: string; name: string; local: number }>();
-    for (const p of model.ports) if (p.healthCheckNodePort) wanted.set(p.healthCheckNodePort, { namespace: p.namespace, name: p.service, local: p.localEndpoints });
+    // One responder per Service: a dual-stack Service has a port model per family, and local endpoints of either count.
+    for (const p of model.ports) {
+      if (!p.healthCheckNodePort) continue;
+      const seen = wanted.get(p.healthCheckNodePort);
+      wanted.set(p.healthCheckNodePort, { namespace: p.namespace, name: p.service, local: (seen?.local ?? 0) + p.localEndpoints });
+    }
     for (const [port, server] of hcServers) {
       if (!wanted.has(port)) {
         server.close();

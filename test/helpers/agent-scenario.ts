@@ -47,8 +47,8 @@ interface World {
   agentLog: string[];
 }
 
-async function startServer(host: LabHost, identity: string): Promise<ChildProcess> {
-  const child = host.spawn(process.execPath, [...NODE_ARGS, SERVER, '--kind', 'http', '--host', host.ip, '--port', '8080', '--identity', identity]);
+async function startServer(host: LabHost, identity: string, address = host.ip): Promise<ChildProcess> {
+  const child = host.spawn(process.execPath, [...NODE_ARGS, SERVER, '--kind', 'http', '--host', address, '--port', '8080', '--identity', identity]);
   await waitForOutput(child, ['listening'], `server ${identity}`);
   return child;
 }
@@ -324,6 +324,60 @@ export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<vo
     t.notRegex(await b.exec('ipset', ['list', '-n']), /XB-/, 'our sets are gone');
     t.notRegex(await b.exec('ip', ['-o', 'link']), /xb-ipvs0/, 'our dummy interface is gone');
   }
+}
+
+/**
+ * IPv6 through a dual-stack Service (the operator asks for both families): spread by
+ * weight over IPv6 hosts from a node, masqueraded to the node's address; a node port
+ * on the node's IPv6 address from outside; a Service without endpoints refused at once;
+ * `--cleanup` leaves no ip6tables chain or ip6 table behind.
+ */
+export async function agentScenarioIPv6(t: ExecutionContext, mode: Mode): Promise<void> {
+  const w = await setup(t, mode);
+  const { a, b } = w.nodes;
+  for (const [i, host] of w.backends.entries()) await startServer(host, `b${i + 1}`, host.ip6);
+  const [b1, b2, b3] = w.backends;
+  const hosts = `\n  - {ip: ${b1!.ip6}}\n  - {ip: ${b2!.ip6}}\n  - {ip: ${b3!.ip6}, weight: 2}`;
+  await applyYaml(backendYaml(w, 'six', '  service: {type: NodePort}', hosts));
+  const vip6 = await waitFor('the Service to get an IPv6 cluster IP', async () => (await kubectl(['-n', w.ns, 'get', 'service', 'six', '-o', 'jsonpath={.spec.clusterIPs[1]}'])).stdout.trim() || false);
+  t.true(vip6.includes(':'), vip6);
+  const url = `http://[${vip6}]/`;
+  await waitForAnswers(a, url, ['b1', 'b2', 'b3'], 'the agent to program the IPv6 Service');
+  const spread = await request(a, url, 400);
+  t.is(spread.failures, 0);
+  const share = (id: string): number => (spread.answers[id] ?? 0) / spread.requests;
+  t.log('IPv6 spread 1:1:2 ->', spread.answers);
+  t.true(Math.abs(share('b1') - 0.25) < 0.08 && Math.abs(share('b2') - 0.25) < 0.08 && Math.abs(share('b3') - 0.5) < 0.08, JSON.stringify(spread.answers));
+  const seen = await request(a, `http://[${vip6}]/client`, 3);
+  t.deepEqual(Object.keys(seen.answers), [a.ip6], 'the hosts see the node, not a cluster address');
+
+  const nodePort = (await kubectl(['-n', w.ns, 'get', 'service', 'six', '-o', 'jsonpath={.spec.ports[0].nodePort}'])).stdout.trim();
+  const client = await w.lab.client('client');
+  await waitForAnswers(client, `http://[${a.ip6}]:${nodePort}/`, ['b1', 'b2', 'b3'], 'the IPv6 node port to answer from outside');
+
+  // A dual-stack Service of ours with no endpoints at all: refused, not a timeout.
+  await applyYaml(`apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: ${w.ns}, labels: {service.kubernetes.io/service-proxy-name: extbackend}}
+spec: {ipFamilyPolicy: PreferDualStack, ports: [{name: http, port: 80}]}
+`);
+  const empty6 = await waitFor('the empty Service\'s IPv6 cluster IP', async () => (await kubectl(['-n', w.ns, 'get', 'service', 'empty', '-o', 'jsonpath={.spec.clusterIPs[1]}'])).stdout.trim() || false);
+  let last: ClientResult | undefined;
+  const refused = await waitFor('node b to refuse the empty IPv6 Service', async () => {
+    last = await request(b, `http://[${empty6}]/`, 5, ['--timeout-ms', '1000']);
+    return last.errors.ECONNREFUSED === 5 ? last : false;
+  }).catch((err: Error) => {
+    throw new Error(`${err.message}; the client saw ${JSON.stringify(last?.errors)}`);
+  });
+  t.true(Math.max(...refused.failMs) < 100 * TIME_SCALE, `refused within ${Math.max(...refused.failMs)} ms`);
+
+  const agentB = w.agents.get('b')!;
+  agentB.kill('SIGTERM');
+  await new Promise((r) => agentB.once('exit', r));
+  await b.exec(process.execPath, [...NODE_ARGS, BIN, 'agent', '--cleanup']);
+  const left6 = (await b.exec('ip6tables-save', ['-t', 'nat'])) + (await b.exec('ip6tables-save', ['-t', 'filter']));
+  t.notRegex(left6, /XB-/, 'no ip6tables chain of ours is left');
+  t.notRegex(await b.exec('nft', ['list', 'tables', 'ip6']), /extbackend/, 'no ip6 table of ours is left');
 }
 
 export const SCENARIO_STEPS = 'spread, weights, topologyKeys, reject, NodePort, ETP Local with source IP and health-check port, affinity, failover, UDP conntrack cleanup, restart, foreign rules, cleanup';

@@ -51,6 +51,7 @@ function matches(args: string[], p: Packet): boolean {
         break;
       }
       case '--comment':
+      case '--reject-with':
       case '--mode':
       case '--name':
       case '--mask':

@@ -4,11 +4,11 @@
 //                       ├─ backend-I (servers answering with their identity)
 //                       └─ client   (outside every node)
 //
-// Each lab owns a /23 of 198.19.128.0/17 (claimed with a lock directory so parallel
-// test processes never share one); the host routes only that /23, through its own
-// veth to R. Node namespaces' default route goes to a namespace that drops
-// everything, so a packet the agent failed to translate (to a cluster IP, say) dies
-// there instead of leaving the machine.
+// Each lab owns a /23 of 198.19.128.0/17 and the IPv6 /48 fd78:6265:<slot>:: (claimed
+// with a lock directory so parallel test processes never share one); the host routes
+// only those, through its own veth to R. Node namespaces' default routes (both
+// families) go to a namespace that drops everything, so a packet the agent failed to
+// translate (to a cluster IP, say) dies there instead of leaving the machine.
 import { mkdirSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,6 +22,7 @@ import { spawn } from 'node:child_process';
 export interface LabHost {
   name: string; // namespace
   ip: string; // its address towards R
+  ip6: string; // its IPv6 address towards R
   spawn(command: string, args: string[], env?: NodeJS.ProcessEnv): ChildProcess;
   exec(command: string, args: string[]): Promise<string>;
 }
@@ -69,17 +70,23 @@ export async function createLab(t: ExecutionContext): Promise<Lab> {
   const slot = claimSlot();
   const third = 128 + slot * 2; // this lab's /23 is 198.19.<third>.0/23
   const prefix = `198.19.${third}.0/23`;
+  const prefix6 = `fd78:6265:${slot.toString(16)}::/48`;
+  // Canonical text (as sockets report addresses): "fd78:6265:1::2", not "fd78:6265:1:0::2".
+  const v6 = (subnet: number, host: number): string => new URL(`http://[fd78:6265:${slot.toString(16)}:${subnet.toString(16)}::${host}]/`).hostname.slice(1, -1);
   const id = randomBytes(2).toString('hex');
   const router = `xbr-${id}`;
   const namespaces: string[] = [router];
   const links: string[] = [];
   const procs: ChildProcess[] = [];
   let next = 0; // /30 index inside the /23 (0..125), the last one is the host link
-  const subnet = (): [string, string] => {
-    const base = next++ * 4;
+  /** The next /30 and its IPv6 /64: [router side, host side, router side v6, host side v6]. */
+  const subnet = (): [string, string, string, string] => {
+    const index = next++;
     const addr = (n: number) => `198.19.${third + Math.floor(n / 256)}.${n % 256}`;
-    return [addr(base + 1), addr(base + 2)];
+    return [addr(index * 4 + 1), addr(index * 4 + 2), v6(index, 1), v6(index, 2)];
   };
+  // IPv6 addresses are usable at once (no duplicate-address detection on these links).
+  const addr6 = (ns: string | undefined, address: string, dev: string): Promise<string> => ip(...(ns ? ['-n', ns] : []), '-6', 'addr', 'add', `${address}/64`, 'dev', dev, 'nodad');
   let deadEnd = 0;
   let policyRoutes = 0;
 
@@ -88,12 +95,13 @@ export async function createLab(t: ExecutionContext): Promise<Lab> {
     for (const ns of namespaces) await ip('netns', 'del', ns).catch(() => undefined);
     for (const l of links) await ip('link', 'del', l).catch(() => undefined);
     await ip('route', 'del', prefix).catch(() => undefined);
+    await ip('-6', 'route', 'del', prefix6).catch(() => undefined);
     rmSync(path.join(LOCK_ROOT, String(slot)), { recursive: true, force: true });
   };
   t.teardown(teardown);
 
   await ip('netns', 'add', router);
-  await ip('netns', 'exec', router, 'sysctl', '-qw', 'net.ipv4.ip_forward=1');
+  await ip('netns', 'exec', router, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1');
   await ip('-n', router, 'link', 'set', 'lo', 'up');
   // Host <-> R: the last /30 of the /23.
   const hostIf = `xbl${id}`;
@@ -105,9 +113,13 @@ export async function createLab(t: ExecutionContext): Promise<Lab> {
   await ip('link', 'set', hostIf, 'up');
   await ip('-n', router, 'addr', 'add', `${routerHostSide}/30`, 'dev', 'to-host');
   await ip('-n', router, 'link', 'set', 'to-host', 'up');
+  await addr6(undefined, v6(0xffff, 1), hostIf);
+  await addr6(router, v6(0xffff, 2), 'to-host');
   // replace, not add: a crashed run may have left this slot's route behind.
   await ip('route', 'replace', prefix, 'via', routerHostSide, 'dev', hostIf);
+  await ip('-6', 'route', 'replace', prefix6, 'via', v6(0xffff, 2), 'dev', hostIf);
   await assertRouteVia(`198.19.${third}.10`, hostIf);
+  await assertRouteVia(v6(1, 2), hostIf);
 
   const spawnIn = (ns: string) => (command: string, args: string[], env?: NodeJS.ProcessEnv): ChildProcess => {
     const child = spawn('ip', ['netns', 'exec', ns, command, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
@@ -120,22 +132,26 @@ export async function createLab(t: ExecutionContext): Promise<Lab> {
   const attach = async (label: string, defaultVia: 'router' | 'dead-end'): Promise<LabHost> => {
     const name = `xb${label.slice(0, 6)}-${id}`;
     namespaces.push(name);
-    const [routerIP, hostAddr] = subnet();
+    const [routerIP, hostAddr, routerIP6, hostAddr6] = subnet();
     const rIf = `r-${label.slice(0, 10)}`;
     await ip('netns', 'add', name);
     await ip('-n', name, 'link', 'set', 'lo', 'up');
     await ip('-n', name, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', rIf, 'netns', router);
     await ip('-n', name, 'addr', 'add', `${hostAddr}/30`, 'dev', 'eth0');
+    await addr6(name, hostAddr6, 'eth0');
     await ip('-n', name, 'link', 'set', 'eth0', 'up');
     await ip('-n', router, 'addr', 'add', `${routerIP}/30`, 'dev', rIf);
+    await addr6(router, routerIP6, rIf);
     await ip('-n', router, 'link', 'set', rIf, 'up');
     if (defaultVia === 'router') {
       await ip('-n', name, 'route', 'add', 'default', 'via', routerIP);
+      await ip('-n', name, '-6', 'route', 'add', 'default', 'via', routerIP6);
     } else {
       // A node forwards (as every Kubernetes node must, for NodePorts and pods);
       // everything in the lab and the host link through R, anything else into the dead end.
-      await ip('netns', 'exec', name, 'sysctl', '-qw', 'net.ipv4.ip_forward=1');
+      await ip('netns', 'exec', name, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1');
       await ip('-n', name, 'route', 'add', prefix, 'via', routerIP);
+      await ip('-n', name, '-6', 'route', 'add', prefix6, 'via', routerIP6);
       const dead = `xbd${deadEnd}-${id}`;
       namespaces.push(dead);
       await ip('netns', 'add', dead);
@@ -145,9 +161,12 @@ export async function createLab(t: ExecutionContext): Promise<Lab> {
       await ip('-n', name, 'link', 'set', 'dead', 'up');
       await ip('-n', dead, 'addr', 'add', `198.19.96.${d * 4 + 2}/30`, 'dev', 'sink');
       await ip('-n', dead, 'link', 'set', 'sink', 'up');
+      await addr6(name, v6(0xfe00 + d, 1), 'dead');
+      await addr6(dead, v6(0xfe00 + d, 2), 'sink');
       await ip('-n', name, 'route', 'add', 'default', 'via', `198.19.96.${d * 4 + 2}`);
+      await ip('-n', name, '-6', 'route', 'add', 'default', 'via', v6(0xfe00 + d, 2));
     }
-    return { name, ip: hostAddr, spawn: spawnIn(name), exec: execIn(name) };
+    return { name, ip: hostAddr, ip6: hostAddr6, spawn: spawnIn(name), exec: execIn(name) };
   };
 
   return {

@@ -77,6 +77,11 @@ export function traceNft(state: NftState, packet: Packet): Outcome[] {
         s = rest;
         continue;
       }
+      const tcpReset = /^meta l4proto (\w+) reject with tcp reset$/.exec(verdict);
+      if (tcpReset) {
+        if (tcpReset[1] !== packet.protocol) continue;
+        verdict = 'reject';
+      }
       if (verdict === 'reject') {
         outcomes.push({ verdict: 'REJECT', masquerade: false, probability: taken.probability });
         s = rest;

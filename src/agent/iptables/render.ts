@@ -50,6 +50,12 @@ const host = (ip: string, family: 4 | 6): string => `${ip}/${family === 4 ? 32 :
 const endpointAddr = (e: ModelEndpoint, family: 4 | 6): string => (family === 4 ? `${e.ip}:${e.port}` : `[${e.ip}]:${e.port}`);
 const comment = (text: string): string => `-m comment --comment "${text.replace(/"/g, '')}"`;
 const match = (p: ServicePortModel, port: number): string => `-p ${p.protocol} -m ${p.protocol} --dport ${port}`;
+/**
+ * Refuses a connection at once: a TCP reset for TCP (ICMP errors are rate-limited,
+ * ICMPv6 ones to about one a second, so IPv6 clients would mostly wait for a timeout),
+ * ICMP port unreachable for the rest.
+ */
+const reject = (p: ServicePortModel): string => (p.protocol === 'tcp' ? '-j REJECT --reject-with tcp-reset' : '-j REJECT');
 
 /**
  * Probability rules for weighted random choice: rule i takes w_i / (w_i + ... + w_n) of
@@ -119,7 +125,7 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortRules {
     if (p.affinitySeconds) p.clusterEndpoints.forEach(ensureSep);
     for (const vip of p.clusterIPs) out.services.push(`-d ${host(vip, family)} ${c} ${match(p, p.port)} -j ${svc}`);
   } else {
-    for (const vip of p.clusterIPs) out.filterServices.push(`-d ${host(vip, family)} ${comment(`${p.id} has no endpoints`)} ${match(p, p.port)} -j REJECT`);
+    for (const vip of p.clusterIPs) out.filterServices.push(`-d ${host(vip, family)} ${comment(`${p.id} has no endpoints`)} ${match(p, p.port)} ${reject(p)}`);
   }
   // External traffic: NodePort, load-balancer and allowed external IPs.
   if (!p.externalIPs.length && p.nodePort === undefined) return out;
@@ -131,8 +137,8 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortRules {
     if (p.nodePort) out.nodePorts.push(`${c} ${match(p, p.nodePort)} -j ${ext}`);
   } else {
     const why = comment(`${p.id} has no ${p.externalLocal ? 'local ' : ''}endpoints`);
-    for (const ip of p.externalIPs) out.filterServices.push(`-d ${host(ip, family)} ${why} ${match(p, p.port)} -j REJECT`);
-    if (p.nodePort) out.filterExternal.push(`-m addrtype --dst-type LOCAL ${why} ${match(p, p.nodePort)} -j REJECT`);
+    for (const ip of p.externalIPs) out.filterServices.push(`-d ${host(ip, family)} ${why} ${match(p, p.port)} ${reject(p)}`);
+    if (p.nodePort) out.filterExternal.push(`-m addrtype --dst-type LOCAL ${why} ${match(p, p.nodePort)} ${reject(p)}`);
   }
   return out;
 }

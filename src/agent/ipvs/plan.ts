@@ -117,8 +117,11 @@ function planPort(p: ServicePortModel, o: IpvsPlanOptions): PortPlan {
 export function ipvsChains(family: 4 | 6): Chain[] {
   const s = ipsetNames(family);
   const icmp = family === 4 ? 'icmp' : 'ipv6-icmp';
+  // TCP gets a reset: ICMP errors are rate-limited (ICMPv6 to about one a second).
   const reject = [
+    `-p tcp -m set --match-set ${s.reject} dst,dst -m comment --comment "extbackend: service has no endpoints" -j REJECT --reject-with tcp-reset`,
     `-m set --match-set ${s.reject} dst,dst -m comment --comment "extbackend: service has no endpoints" -j REJECT`,
+    `-p tcp -m set --match-set ${s.vips} dst -m set ! --match-set ${s.owned} dst,dst -m comment --comment "extbackend: not a service port" -j REJECT --reject-with tcp-reset`,
     `! -p ${icmp} -m set --match-set ${s.vips} dst -m set ! --match-set ${s.owned} dst,dst -m comment --comment "extbackend: not a service port" -j REJECT`,
   ];
   return [

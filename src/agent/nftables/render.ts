@@ -172,7 +172,8 @@ export function renderNftables(model: ProxyModel, family: 4 | 6, options: { node
       chain('filter-output', ['ct state new jump services-filter'], 'type filter hook output priority filter;'),
       chain('services-filter', [`${nf} daddr . meta l4proto . th dport vmap @${MAPS.noEndpointIPs}`]),
       chain('external-filter', [`${local} meta l4proto . th dport vmap @${MAPS.noEndpointNodePorts}`]),
-      chain('reject-chain', ['reject']),
+      // TCP gets a reset: ICMP errors are rate-limited (ICMPv6 to about one a second).
+      chain('reject-chain', ['meta l4proto tcp reject with tcp reset', 'reject']),
       chain('masquerading', [`meta mark & ${MASQ_MARK} == 0 return`, `meta mark set meta mark ^ ${MASQ_MARK}`, 'masquerade fully-random']),
     ],
   };
