@@ -190,8 +190,10 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
     conflict = await reconcileEndpoints(deps, eb, desired.endpoints);
   }
 
-  const clusterIP = (service?.spec as { clusterIP?: string } | undefined)?.clusterIP;
-  const status = computeStatus({ eb, resolved, health, desired, conflict, clusterIP, now, probes: view.probes });
+  const spec = service?.spec as { clusterIP?: string; ipFamilies?: string[] } | undefined;
+  const clusterIP = spec?.clusterIP;
+  const serviceFamilies = clusterIP && clusterIP !== 'None' ? spec?.ipFamilies?.map((f): 4 | 6 => (f === 'IPv6' ? 6 : 4)) : undefined;
+  const status = computeStatus({ eb, resolved, health, desired, conflict, clusterIP, serviceFamilies, now, probes: view.probes });
   if (!statusEqual(eb.status, status)) {
     deps.backends.assume(await client.apply<ExternalBackend>(paths.status(ns, name), { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: ns }, status }, FIELD_MANAGER));
     emitTransitionEvents(events, eb, eb.status, status);

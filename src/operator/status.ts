@@ -1,6 +1,7 @@
 // The ExternalBackend status as a pure function of what the reconcile saw and did.
 import { type DesiredState, type HealthLookup, type ResolvedAddress } from './desired.ts';
 import type { TargetHealth } from '../probes/threshold.ts';
+import { parseIP } from '../net/ip.ts';
 import type { AddressStatus, Condition, ExternalBackend, ExternalBackendStatus } from './types.ts';
 
 export interface StatusInput {
@@ -11,6 +12,8 @@ export interface StatusInput {
   /** Why the operator will not write the Service or Endpoints (owned by someone else). */
   conflict?: { reason: string; message: string };
   clusterIP?: string;
+  /** The IP families the Service has cluster IPs for (spec.ipFamilies); unknown or headless: no check. */
+  serviceFamilies?: (4 | 6)[];
   now: string;
   /** Probe states of every target of one IP (empty without a health check). */
   probes?: (ip: string) => TargetHealth[];
@@ -54,6 +57,23 @@ export function addressStatuses(eb: ExternalBackend, resolved: ResolvedAddress[]
   });
 }
 
+/**
+ * A healthy host is still unreachable through the Service when the Service has no
+ * cluster IP of its family (IPv6 hosts in a single-stack IPv4 cluster, say): not ready.
+ */
+function withoutClusterIP(addresses: AddressStatus[], families: (4 | 6)[] | undefined): AddressStatus[] {
+  if (!families?.length) return addresses;
+  return addresses.map((a) => {
+    if (!a.ready || !a.ips?.length) return a;
+    const missing = [...new Set(a.ips.map((ip) => parseIP(ip)?.family).filter((f): f is 4 | 6 => f !== undefined && !families.includes(f)))];
+    if (!missing.length) return a;
+    const which = missing.map((f) => `IPv${f}`).join(' and ');
+    const message = `the Service has no ${which} cluster IP (the cluster is not dual-stack), so connections cannot reach ${which} addresses`;
+    // A name that resolves to both families still works through the other one.
+    return missing.length === new Set(a.ips.map((ip) => parseIP(ip)?.family)).size ? { ...a, ready: false, reason: 'NoClusterIPForFamily', message } : { ...a, message };
+  });
+}
+
 function condition(type: string, status: boolean, reason: string, message: string, generation: number | undefined, now: string, previous?: Condition[]): Condition {
   const s = status ? 'True' : 'False';
   const old = previous?.find((c) => c.type === type);
@@ -71,7 +91,7 @@ export function computeStatus(input: StatusInput): ExternalBackendStatus {
   const { eb, resolved, health, desired, conflict, now } = input;
   const generation = eb.metadata.generation;
   const previous = eb.status?.conditions;
-  const addresses = addressStatuses(eb, resolved, health, input.probes);
+  const addresses = withoutClusterIP(addressStatuses(eb, resolved, health, input.probes), input.serviceFamilies);
   const readyCount = addresses.filter((a) => a.ready).length;
   const notReady = addresses.filter((a) => !a.ready);
 
@@ -82,7 +102,9 @@ export function computeStatus(input: StatusInput): ExternalBackendStatus {
       : condition('Accepted', true, 'Accepted', 'the spec is valid and the operator owns the Service', generation, now, previous);
 
   const portsDown = [...desired.portsWithReadyEndpoints].filter(([, up]) => !up).map(([name]) => name || 'the port');
-  const allPortsUp = !conflict && portsDown.length === 0;
+  // Slices may list hosts no cluster IP leads to: with none of the others ready, nothing answers.
+  const unreachable = readyCount === 0 && addresses.some((a) => a.reason === 'NoClusterIPForFamily');
+  const allPortsUp = !conflict && portsDown.length === 0 && !unreachable;
   const ready = conflict
     ? condition('Ready', false, 'NotOwned', conflict.message, generation, now, previous)
     : allPortsUp

@@ -130,6 +130,19 @@ test('status: counts, conditions, state; transition times kept while a condition
   t.is(cond(conflict, 'Accepted').reason, 'ServiceConflict');
 });
 
+test('status: a healthy host of a family the Service has no cluster IP for is not ready, and says why', (t) => {
+  const eb = backend({ addresses: [{ ip: '2001:db8::1' }] });
+  const resolved = literal(eb);
+  const health: HealthLookup = () => true;
+  const single = computeStatus({ eb, resolved, health, desired: desiredState(eb, resolved, health), now: 't1', clusterIP: '10.96.0.5', serviceFamilies: [4] });
+  t.is(single.state, 'NotReady');
+  t.is(single.addresses![0]!.reason, 'NoClusterIPForFamily');
+  t.regex(single.addresses![0]!.message!, /no IPv6 cluster IP/);
+  t.is(single.conditions!.find((c) => c.type === 'Ready')!.status, 'False');
+  const dual = computeStatus({ eb, resolved, health, desired: desiredState(eb, resolved, health), now: 't1', clusterIP: '10.96.0.5', serviceFamilies: [4, 6] });
+  t.is(dual.state, 'Ready');
+});
+
 test('containsDesired ignores server defaults but not changed or missing list items', (t) => {
   const desired = { spec: { ports: [{ port: 80 }], type: 'ClusterIP' } };
   t.true(containsDesired({ spec: { ports: [{ port: 80, protocol: 'TCP' }], type: 'ClusterIP', clusterIP: '10.0.0.1' } }, desired));
