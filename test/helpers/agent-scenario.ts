@@ -116,6 +116,16 @@ async function waitForAnswers(from: LabHost, url: string, expected: string[], wh
   }, { timeoutMs: 20_000, intervalMs: 300 });
 }
 
+/** Once b1..b3 all answer: 400 requests from `from` split 1:1:2 (the weights) within ±8 %. */
+async function assertSpread(t: ExecutionContext, from: LabHost, url: string, what: string): Promise<void> {
+  await waitForAnswers(from, url, ['b1', 'b2', 'b3'], `the agent to program the ${what} Service`);
+  const spread = await request(from, url, 400);
+  t.is(spread.failures, 0);
+  const share = (id: string): number => (spread.answers[id] ?? 0) / spread.requests;
+  t.log(`${what} 1:1:2 ->`, spread.answers);
+  t.true(Math.abs(share('b1') - 0.25) < 0.08 && Math.abs(share('b2') - 0.25) < 0.08 && Math.abs(share('b3') - 0.5) < 0.08, JSON.stringify(spread.answers));
+}
+
 function backendYaml(w: World, name: string, extra = '', addresses?: string): string {
   const [b1, b2, b3] = w.backends;
   const list = addresses ?? `
@@ -167,12 +177,7 @@ export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<vo
   await applyYaml(backendYaml(w, 'spread'));
   const vip = await clusterIP(w.ns, 'spread');
   const url = `http://${vip}/`;
-  await waitForAnswers(a, url, ['b1', 'b2', 'b3'], 'the agent to program the spread service');
-  const spread = await request(a, url, 400);
-  t.is(spread.failures, 0);
-  const share = (id: string): number => (spread.answers[id] ?? 0) / spread.requests;
-  t.log('spread 1:1:2 ->', spread.answers);
-  t.true(Math.abs(share('b1') - 0.25) < 0.08 && Math.abs(share('b2') - 0.25) < 0.08 && Math.abs(share('b3') - 0.5) < 0.08, JSON.stringify(spread.answers));
+  await assertSpread(t, a, url, 'spread');
 
   // topologyKeys: hostname, then zone, then anything.
   await applyYaml(backendYaml(w, 'topo', '  service: {topologyKeys: [kubernetes.io/hostname, topology.kubernetes.io/zone, "*"]}'));
@@ -342,12 +347,7 @@ export async function agentScenarioIPv6(t: ExecutionContext, mode: Mode): Promis
   const vip6 = await waitFor('the Service to get an IPv6 cluster IP', async () => (await kubectl(['-n', w.ns, 'get', 'service', 'six', '-o', 'jsonpath={.spec.clusterIPs[1]}'])).stdout.trim() || false);
   t.true(vip6.includes(':'), vip6);
   const url = `http://[${vip6}]/`;
-  await waitForAnswers(a, url, ['b1', 'b2', 'b3'], 'the agent to program the IPv6 Service');
-  const spread = await request(a, url, 400);
-  t.is(spread.failures, 0);
-  const share = (id: string): number => (spread.answers[id] ?? 0) / spread.requests;
-  t.log('IPv6 spread 1:1:2 ->', spread.answers);
-  t.true(Math.abs(share('b1') - 0.25) < 0.08 && Math.abs(share('b2') - 0.25) < 0.08 && Math.abs(share('b3') - 0.5) < 0.08, JSON.stringify(spread.answers));
+  await assertSpread(t, a, url, 'IPv6 spread');
   const seen = await request(a, `http://[${vip6}]/client`, 3);
   t.deepEqual(Object.keys(seen.answers), [a.ip6], 'the hosts see the node, not a cluster address');
 

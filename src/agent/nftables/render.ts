@@ -157,14 +157,17 @@ export function renderNftables(model: ProxyModel, family: 4 | 6, options: { node
   const byAddress = `type ${addr} . inet_proto . inet_service : verdict;`;
   const byPort = 'type inet_proto . inet_service : verdict;';
   const cidrs = options.nodePortCIDRs.filter((c) => c.includes(':') === (family === 6));
+  /** A table's two verdict maps: by address . protocol . port, and by protocol . port (node ports). */
+  const emptyMaps = (byAddressMap: MapName, byPortMap: MapName): Map<string, NftMap> =>
+    new Map([
+      [byAddressMap, { definition: byAddress, elements: new Map() }],
+      [byPortMap, { definition: byPort, elements: new Map() }],
+    ]);
   const local = cidrs.length ? `${nf} daddr { ${cidrs.join(', ')} } fib daddr type local` : 'fib daddr type local';
   const main: NftTable = {
     name: TABLE,
     sets: [],
-    maps: new Map([
-      [MAPS.noEndpointIPs, { definition: byAddress, elements: new Map() }],
-      [MAPS.noEndpointNodePorts, { definition: byPort, elements: new Map() }],
-    ]),
+    maps: emptyMaps(MAPS.noEndpointIPs, MAPS.noEndpointNodePorts),
     chains: [
       chain('nat-postrouting', ['jump masquerading'], 'type nat hook postrouting priority srcnat;'),
       chain('filter-input', ['ct state new jump external-filter'], 'type filter hook input priority filter;'),
@@ -184,10 +187,7 @@ export function renderNftables(model: ProxyModel, family: 4 | 6, options: { node
       s = {
         name,
         sets: [],
-        maps: new Map([
-          [MAPS.serviceIPs, { definition: byAddress, elements: new Map() }],
-          [MAPS.nodePorts, { definition: byPort, elements: new Map() }],
-        ]),
+        maps: emptyMaps(MAPS.serviceIPs, MAPS.nodePorts),
         chains: [
           chain('nat-prerouting', ['jump services'], 'type nat hook prerouting priority dstnat;'),
           chain('nat-output', ['jump services'], 'type nat hook output priority -100;'),
