@@ -149,8 +149,15 @@ export class NftablesApplier {
 
   /** Deletes our tables (and with them everything the agent made in this family). */
   async cleanup(): Promise<number> {
-    const tables = [...parseListing(await this.nft(['list', 'tables', this.family]).catch(() => ''), 'chain').keys()];
+    try {
+      await this.load();
+    } catch {
+      return 0; // no nft on this node: nothing of ours to remove
+    }
+    const tables = [...this.known.keys()];
     for (const name of tables) await this.nft(['delete', 'table', this.family, name]);
+    this.known.clear();
+    this.loaded = false;
     return tables.length;
   }
 }
