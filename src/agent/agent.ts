@@ -109,12 +109,14 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     // Where a sync's time went, for the log: model, then each family's render + apply.
     const phases: Record<string, number> = { modelMs: Math.round(performance.now() - started) };
     let written = 0;
+    let elements = 0;
     const names: string[] = [];
     for (const family of [4, 6] as const) {
       const before = performance.now();
       const result = await plane.sync(model, family, full);
       phases[`ipv${family}Ms`] = Math.round(performance.now() - before);
       written += result.written;
+      elements += result.elements ?? 0;
       names.push(...(result.names ?? []));
       chainsWritten.inc({ family: String(family) }, result.written);
       ruleCount.set(result.rules, { family: String(family) });
@@ -128,8 +130,9 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const now = Date.now();
     for (const t of pendingTriggers) programming.observe((now - t) / 1000);
     pendingTriggers = [];
-    const fields = { full, ports: model.ports.length, chainsWritten: written, ms: Math.round(seconds * 1000), ...phases, chains: names.slice(0, 6).join(' ') };
-    if (written) log.info('synced', fields);
+    // nftables Services are mostly map elements: a change may write elements and no chain.
+    const fields = { full, ports: model.ports.length, chainsWritten: written, ...(elements ? { elementsChanged: elements } : {}), ms: Math.round(seconds * 1000), ...phases, chains: names.slice(0, 6).join(' ') };
+    if (written || elements) log.info('synced', fields);
     else log.debug('synced', fields);
   };
 
@@ -230,7 +233,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
 
 interface DataPlane {
   /** Programs one family; returns chains written and the rules (and map elements) now owned. */
-  sync(model: ProxyModel, family: 4 | 6, full: boolean): Promise<{ written: number; rules: number; names?: string[] }>;
+  sync(model: ProxyModel, family: 4 | 6, full: boolean): Promise<{ written: number; rules: number; names?: string[]; elements?: number }>;
 }
 
 function dataPlane(o: AgentOptions, log: Logger): DataPlane {
@@ -265,9 +268,9 @@ function dataPlane(o: AgentOptions, log: Logger): DataPlane {
         let rules = 0;
         for (const table of state.tables) {
           for (const c of table.chains) rules += c.rules.length;
-          for (const m of table.maps.values()) rules += m.elements.size;
+          for (const m of table.maps.values()) for (const g of m.groups) rules += g.length;
         }
-        return { written: r.written, names: r.names, rules };
+        return { written: r.written, names: r.names, rules, elements: r.elements };
       },
     };
   }

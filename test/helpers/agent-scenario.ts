@@ -12,7 +12,7 @@ import type { ChildProcess } from 'node:child_process';
 import { REPO_ROOT } from '../../src/devcluster/build.ts';
 import { kubeconfigViaAddress } from '../../src/devcluster/pki.ts';
 import { svcChain as iptablesSvcChain } from '../../src/agent/iptables/render.ts';
-import { chainPrefix, shardTable } from '../../src/agent/nftables/render.ts';
+import { shardTable } from '../../src/agent/nftables/render.ts';
 import { applyYaml, kubectl, testKubeconfig, testNamespace, TIME_SCALE, waitFor } from './cluster.ts';
 import { waitForOutput } from './backends.ts';
 import { createLab, type Lab, type LabHost } from './lab.ts';
@@ -93,6 +93,12 @@ async function setup(t: ExecutionContext, mode: Mode): Promise<World> {
   for (const [i, b] of backends.entries()) servers.set(`b${i + 1}`, await startServer(b, `b${i + 1}`));
   await startTestOperator(t, ns);
   const w: World = { mode, ns, lab, nodes, nodeNames, backends, servers, agents: new Map(), kubeconfig: await agentKubeconfig(lab), agentLog: [] };
+  // A failed scenario shows what the agents said last (warnings and errors first).
+  t.teardown(() => {
+    if (t.passed) return;
+    const problems = w.agentLog.filter((l) => /"level":"(warn|error)"/.test(l));
+    console.error([...problems.slice(-10), '--- last lines:', ...w.agentLog.slice(-15)].join('\n'));
+  });
   await startAgent(w, 'a');
   await startAgent(w, 'b');
   return w;
@@ -159,10 +165,14 @@ async function ruleSnapshot(w: World, node: LabHost, service: string, vip: strin
     // iptables here is iptables-nft: the same rules, seen through nft, have handles.
     listing = await node.exec('nft', ['-a', 'list', 'chain', 'ip', 'nat', iptablesSvcChain({ id })]);
   } else {
-    // The chain's name ends with its content hash: find it by its prefix in its shard.
+    // The Service is slot elements in its shard, behind the slot chain its VIP's verdict element goes to.
     const table = shardTable({ id });
-    const chain = new RegExp(`chain (${chainPrefix('svc', { id })}\\S+) \\{`).exec(await node.exec('nft', ['list', 'chains', 'ip']))![1]!;
-    listing = await node.exec('nft', ['-a', 'list', 'chain', 'ip', table, chain]);
+    const verdicts = await node.exec('nft', ['list', 'map', 'ip', table, 'service-ips']);
+    const chain = new RegExp(`${vip.replaceAll('.', '\\.')} \\. tcp \\. 80 : goto (\\S+?)[,\\s]`).exec(verdicts)![1]!;
+    const slots = await node.exec('nft', ['list', 'map', 'ip', table, 'service-endpoints-tcp']);
+    const ours = [...slots.matchAll(new RegExp(`${vip.replaceAll('.', '\\.')} \\. 80 \\. \\d+ : \\S+ \\. \\d+`, 'g'))].map((m) => m[0]);
+    listing = `${await node.exec('nft', ['-a', 'list', 'chain', 'ip', table, chain])}\n${ours.join('\n')}`;
+    return { listing, identity: [...[...listing.matchAll(/# handle (\d+)/g)].map((m) => m[1]!), ...ours], counter: Number(/counter packets (\d+)/.exec(listing)?.[1] ?? 0) };
   }
   const handles = [...listing.matchAll(/# handle (\d+)/g)].map((m) => m[1]!);
   const packets = [...listing.matchAll(/counter packets (\d+)/g)].reduce((n, m) => Math.max(n, Number(m[1])), 0);
@@ -274,7 +284,8 @@ export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<vo
   t.deepEqual(Object.keys(moved.answers), [stuck === 'b1-udp' ? 'b3-udp' : 'b1-udp'], `the stale conntrack entry to ${stuck} was deleted`);
 
   // Restarting the agent under a client loop fails no request and keeps the rules (and
-  // their counters: the per-service chain's balancing rules count every connection).
+  // their counters: the per-service chain's balancing rules, or in nftables the slot
+  // chain the Service's VIP goes to, count every connection).
   const probedVip = await clusterIP(w.ns, 'probed');
   const chainBefore = await ruleSnapshot(w, a, 'probed', probedVip);
   const control = await request(a, probedUrl, 0, ['--duration-ms', '3000', '--interval-ms', '10', '--timeout-ms', '3000']);

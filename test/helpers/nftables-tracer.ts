@@ -3,7 +3,7 @@
 // masquerade, or whether it is rejected. Understands exactly the statements the
 // renderer emits; anything else fails loudly. NAT hooks run table after table (the
 // shards) until one translates; the filter hooks are the main table's.
-import { MASQ_MARK, TABLE, type NftState, type NftTable } from '../../src/agent/nftables/render.ts';
+import { mapElements, MASQ_MARK, TABLE, type NftState, type NftTable } from '../../src/agent/nftables/render.ts';
 import { cidrContains, parseCidr, parseIP } from '../../src/net/ip.ts';
 import type { Outcome, Packet } from './iptables-tracer.ts';
 
@@ -26,8 +26,9 @@ export function traceNft(state: NftState, packet: Packet): Outcome[] {
   const lookup = (rule: string): string | undefined => {
     const map = /vmap @(\S+)$/.exec(rule)?.[1];
     if (!map) return undefined;
-    const elements = table.maps.get(map)?.elements;
-    if (!elements) throw new Error(`tracer: no map ${map} in table ${table.name}`);
+    const found = table.maps.get(map);
+    if (!found) throw new Error(`tracer: no map ${map} in table ${table.name}`);
+    const elements = mapElements(found);
     if (rule.startsWith(`${nf} daddr . meta l4proto . th dport`)) return elements.get(`${packet.dst} . ${packet.protocol} . ${packet.dport}`);
     // Node ports: only to local destinations (optionally inside --nodeport-addresses).
     const cidrs = /daddr \{ ([^}]+) \}/.exec(rule)?.[1]?.split(', ') ?? [];
@@ -70,6 +71,25 @@ export function traceNft(state: NftState, packet: Packet): Outcome[] {
         verdict = rule;
       } else {
         verdict = rule;
+      }
+      // Slots: `dnat ip to [ip daddr .] tcp dport . numgen random mod W map @m`, each slot with chance 1/W; a miss falls through.
+      const slotted = /^dnat ip6? to (?:(ip6?) daddr \. )?(\w+) dport \. numgen random mod (\d+) map @(\S+)$/.exec(verdict);
+      if (slotted) {
+        const [, byAddress, protocol, mod, map] = slotted;
+        const found = table.maps.get(map!);
+        if (!found) throw new Error(`tracer: no map ${map} in table ${table.name}`);
+        const elements = mapElements(found);
+        const prefix = byAddress ? `${packet.dst} . ${packet.dport}` : String(packet.dport);
+        const slots = Number(mod);
+        let missed = 0;
+        for (let slot = 0; slot < slots; slot++) {
+          const endpoint = protocol === packet.protocol ? elements.get(`${prefix} . ${slot}`) : undefined;
+          if (endpoint === undefined) missed++;
+          else outcomes.push({ verdict: endpoint.replace(' . ', ':'), masquerade: taken.masquerade, probability: taken.probability / slots });
+        }
+        const through = missed ? { ...taken, probability: (taken.probability * missed) / slots } : undefined;
+        s = rest && through ? { ...rest, probability: rest.probability + through.probability } : (rest ?? through);
+        continue;
       }
       const dnat = /^meta l4proto (\w+) dnat to (\S+)$/.exec(verdict);
       if (dnat) {

@@ -4,7 +4,7 @@ import test, { type ExecutionContext } from 'ava';
 import { parseSaved } from '../../src/agent/iptables/apply.ts';
 import { renderIptables } from '../../src/agent/iptables/render.ts';
 import { applyTopologyKeys, buildProxyModel, ModelCache, usableEndpoints, type NodeInput, type ServiceInput, type SliceInput } from '../../src/agent/model.ts';
-import { renderNftables } from '../../src/agent/nftables/render.ts';
+import { mapElements, renderNftables } from '../../src/agent/nftables/render.ts';
 import { trace, verdicts, type Packet } from '../helpers/iptables-tracer.ts';
 import { traceNft } from '../helpers/nftables-tracer.ts';
 
@@ -60,6 +60,11 @@ policy('cluster IP: weighted spread over ready endpoints, masqueraded', (t) => {
   const out = run(service({}), [slice(three, { '198.18.0.3': { weight: 2 } })], nodeA, toVip);
   t.deepEqual(verdicts(out), { '198.18.0.1:8080': 0.25, '198.18.0.2:8080': 0.25, '198.18.0.3:8080': 0.5 });
   t.true(out.every((o) => o.masquerade), 'outside hosts cannot route to pod IPs');
+});
+
+policy('weights too fine for nftables slots (a cascade chain instead) spread the same', (t) => {
+  const out = run(service({}), [slice(three, { '198.18.0.1': { weight: 97 }, '198.18.0.2': { weight: 89 } })], nodeA, toVip);
+  t.deepEqual(verdicts(out), { '198.18.0.1:8080': 0.519, '198.18.0.2:8080': 0.476, '198.18.0.3:8080': 0.005 });
 });
 
 policy('no ready endpoints: serving+terminating ones, else reject', (t) => {
@@ -124,6 +129,24 @@ test('nftables: session affinity checks a set per endpoint before the random cho
   t.is(sets.length, 3);
   t.true(sets.every((s) => s.definition.includes('timeout 60s')));
   t.false(rules.some((r) => r.includes('{') && r.includes(':') && !r.startsWith('update')), 'no anonymous maps (nft reloads every set on each call)');
+});
+
+test('nftables: Services without affinity are slot elements sharing one chain per slot count, not chains of their own', (t) => {
+  const services = Array.from({ length: 50 }, (_, i) => ({ ...service({ clusterIP: `10.96.1.${i}` }), metadata: { name: `web${i}`, namespace: 'ns' } }));
+  const slices = services.map((svc) => {
+    const s = slice(three, { '198.18.0.3': { weight: 2 } });
+    return { ...s, metadata: { ...s.metadata, name: `${svc.metadata.name}-1`, labels: { 'kubernetes.io/service-name': svc.metadata.name } } };
+  });
+  const state = renderNftables(buildProxyModel(services, slices, nodeA, { externalIPAllowed: () => false }), 4, { nodePortCIDRs: [] });
+  const shards = state.tables.slice(1);
+  t.true(shards.every((tb) => tb.chains.filter((c) => c.name.startsWith('slots-ip-tcp-4-masq-')).length === 1));
+  t.false(shards.some((tb) => tb.chains.some((c) => c.name.startsWith('svc-'))));
+  const endpoints = shards.flatMap((tb) => [...mapElements(tb.maps.get('service-endpoints-tcp')!)]);
+  t.is(endpoints.length, 50 * 4, 'four slots per Service: weights 1, 1, 2');
+  t.true(endpoints.some(([k, v]) => k === '10.96.1.7 . 80 . 3' && v === '198.18.0.3 . 8080'));
+  // 97 + 89 + 1 slots is more than MAX_SLOTS: that one Service gets its own chain.
+  const fine = renderNftables(buildProxyModel([service({})], [slice(three, { '198.18.0.1': { weight: 97 }, '198.18.0.2': { weight: 89 } })], nodeA, { externalIPAllowed: () => false }), 4, { nodePortCIDRs: [] });
+  t.is(fine.tables.flatMap((tb) => tb.chains).filter((c) => c.name.startsWith('svc-')).length, 1);
 });
 
 test('iptables: session affinity: a recent-match rule per endpoint before the random choice', (t) => {

@@ -3,18 +3,24 @@
 // is fast; `nft list table` would print every rule, seconds at 10 000 Services).
 // Service chains carry their content hash in their name, so existing ones are right;
 // fixed chains are rewritten when their hash differs from what we last wrote (always on
-// a full sync). Map elements are diffed against what we last wrote; on a full sync each
-// map is flushed and refilled inside the same transaction (atomic: no packet sees it
-// empty). Only our tables are ever touched.
+// a full sync). Map elements are diffed against what we last wrote. A map whose elements
+// we do not know (after a restart or a failed apply) is flushed and refilled inside the
+// same transaction (atomic: no packet sees it empty); a periodic full sync keeps the
+// element knowledge of its maps that still exist, because refilling some 100 000 slot
+// elements at 10 000 Services would cost a second every sync period. Only our tables
+// are ever touched.
 import { runTool } from '../../net/system-command.ts';
-import { isOurTable, type NftState } from './render.ts';
+import { MapContent } from './map-content.ts';
+import { isOurTable, type NftElement, type NftState } from './render.ts';
 
 /** What we know a table holds: chain name -> hash we wrote (undefined: content unknown); sets; maps with their elements (undefined: unknown). */
 interface KnownTable {
   chains: Map<string, string | undefined>;
   sets: Set<string>;
-  maps: Map<string, Map<string, string> | undefined>;
+  maps: Map<string, MapContent | undefined>;
 }
+
+const elementList = (added: NftElement[]): string => added.map(([k, v]) => `${k} : ${v}`).join(', ');
 
 /** `nft list chains|sets|maps <family>` output -> table -> names of the given kind, for our tables. */
 export function parseListing(text: string, kind: 'chain' | 'set' | 'map'): Map<string, string[]> {
@@ -60,15 +66,17 @@ export class NftablesApplier {
 
   /** Names of everything in our tables now (after a restart, or to verify on a full sync). */
   private async load(): Promise<void> {
+    // What we wrote is still what a map holds if the last apply succeeded and the map is still there.
+    const previous = this.loaded ? this.known : new Map<string, KnownTable>();
+    this.known = new Map();
     const [chains, sets, maps] = await Promise.all([
       this.nft(['list', 'chains', this.family]),
       this.nft(['-t', 'list', 'sets', this.family]),
       this.nft(['-t', 'list', 'maps', this.family]),
     ]);
-    this.known.clear();
     for (const [table, names] of parseListing(chains, 'chain')) this.known.set(table, { chains: new Map(names.map((n) => [n, undefined])), sets: new Set(), maps: new Map() });
     for (const [table, names] of parseListing(sets, 'set')) for (const n of names) this.known.get(table)?.sets.add(n);
-    for (const [table, names] of parseListing(maps, 'map')) for (const n of names) this.known.get(table)?.maps.set(n, undefined);
+    for (const [table, names] of parseListing(maps, 'map')) for (const n of names) this.known.get(table)?.maps.set(n, previous.get(table)?.maps.get(n));
     this.loaded = true;
   }
 
@@ -80,6 +88,7 @@ export class NftablesApplier {
     let elements = 0;
     let deleted = 0;
     const wantedTables = new Set(state.tables.map((t) => t.name));
+    const wantedContents = new Map<string, Map<string, MapContent>>();
     for (const table of state.tables) {
       const t = `${this.family} ${table.name}`;
       const known: KnownTable = this.known.get(table.name) ?? { chains: new Map(), sets: new Set(), maps: new Map() };
@@ -100,20 +109,21 @@ export class NftablesApplier {
         }
         lines.push('}');
       }
+      const contents = new Map<string, MapContent>();
       for (const [name, m] of table.maps) {
-        const had = known.maps.get(name);
-        if (!had) {
+        let content = known.maps.get(name);
+        if (!content) {
+          // Unknown content (after a restart or a failed apply): refill, atomically.
           if (known.maps.has(name)) lines.push(`flush map ${t} ${name}`);
-          if (m.elements.size) lines.push(`add element ${t} ${name} { ${[...m.elements].map(([k, v]) => `${k} : ${v}`).join(', ')} }`);
-          elements += m.elements.size;
-          continue;
+          content = new MapContent();
         }
-        const gone = [...had].filter(([k, v]) => m.elements.get(k) !== v).map(([k]) => k);
-        const added = [...m.elements].filter(([k, v]) => had.get(k) !== v);
+        contents.set(name, content);
+        const { gone, added } = content.update(m.groups);
         if (gone.length) lines.push(`delete element ${t} ${name} { ${gone.join(', ')} }`);
-        if (added.length) lines.push(`add element ${t} ${name} { ${added.map(([k, v]) => `${k} : ${v}`).join(', ')} }`);
+        if (added.length) lines.push(`add element ${t} ${name} { ${elementList(added)} }`);
         elements += gone.length + added.length;
       }
+      wantedContents.set(table.name, contents);
       // Deletions go last (after the elements that referred to them changed).
       const wantedChains = new Set(table.chains.map((c) => c.name));
       const stale = [...known.chains.keys()].filter((n) => !wantedChains.has(n)).sort((a, b) => deleteOrder(a) - deleteOrder(b));
@@ -135,13 +145,12 @@ export class NftablesApplier {
         throw err;
       }
     }
-    // The rendered state is not changed after a sync: keep its maps rather than copy them.
     this.known.clear();
     for (const table of state.tables) {
       this.known.set(table.name, {
         chains: new Map(table.chains.map((c) => [c.name, c.hash])),
         sets: new Set(table.sets.map((s) => s.name)),
-        maps: new Map([...table.maps].map(([n, m]) => [n, m.elements])),
+        maps: wantedContents.get(table.name)!,
       });
     }
     return { written: written.length, names: written, deleted, elements };

@@ -1,13 +1,20 @@
 // The proxy model as nftables tables of our own per family. Service lookup goes through
-// verdict maps (VIP . protocol . port -> goto the service's chain), so its cost does
-// not grow with the number of Services. Services are spread over SHARDS tables
-// (`extbackend-svcNN`, each with its own nat hooks and maps) because the kernel
-// re-validates a whole table on every commit that touches a jump or NAT rule: a
-// one-Service change re-validates 1/16 of the rules. The filter and masquerade hooks
-// and the no-endpoint maps live in the main table `extbackend`. Service chains are
-// named by their content hash, so the applier learns what is programmed from chain
-// names alone. Balancing is a numgen cascade (no anonymous sets); ClientIP affinity
-// uses dynamic sets with timeouts. Pure: the applier decides what to send to `nft -f`.
+// verdict maps (VIP . protocol . port -> goto a chain), so its cost does not grow with
+// the number of Services. Services are spread over SHARDS tables (`extbackend-svcNN`,
+// each with its own nat hooks and maps) because the kernel re-validates a whole table
+// on every commit that touches a jump or NAT rule. The filter and masquerade hooks and
+// the no-endpoint maps live in the main table `extbackend`.
+//
+// Balancing is by endpoint slots: a Service with endpoint weights summing to W (after
+// dividing by their gcd) owns W elements `VIP . protocol . port . slot -> endpoint` in
+// the shard's endpoint map, and its map element jumps to a chain shared by every Service
+// with the same W (`dnat to daddr . l4proto . dport . numgen random mod W map @...`). So a
+// Service is map elements, not rules: `nft -f` loads an element several times faster than
+// a rule, and a one-Service change touches no chain at all. Services with ClientIP
+// affinity (dynamic sets with timeouts, a chain per endpoint) or too many slots get a
+// chain of their own with a numgen cascade. Chains are named by their content hash, so
+// the applier learns what is programmed from chain names alone. Pure: the applier
+// decides what to send to `nft -f`.
 import { createHash } from 'node:crypto';
 import { renderedOnce, type ModelEndpoint, type ProxyModel, type ServicePortModel } from '../model.ts';
 
@@ -30,10 +37,26 @@ export interface NftSet {
   definition: string; // e.g. "type ipv4_addr; flags dynamic,timeout; timeout 60s;"
 }
 
+/** Element key text and value: a verdict ("goto svc-...") or an endpoint ("198.18.0.1 . 8080"). */
+export type NftElement = readonly [key: string, value: string];
+
+/**
+ * One service port's elements of one map. Groups of unchanged ports are the same array
+ * object from sync to sync (the port's rendering is cached), so the applier diffs a map
+ * by group identity: a one-Service change costs one group, not 100 000 elements.
+ */
+export type ElementGroup = readonly NftElement[];
+
 export interface NftMap {
   definition: string;
-  /** Element text -> verdict ("goto svc-..."). */
-  elements: Map<string, string>;
+  groups: ElementGroup[];
+}
+
+/** A map's elements as one lookup table (a key in two groups: the first wins, as the applier does). */
+export function mapElements(map: NftMap): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const g of map.groups) for (const [k, v] of g) if (!out.has(k)) out.set(k, v);
+  return out;
 }
 
 export interface NftTable {
@@ -55,7 +78,22 @@ export const MAPS = {
   noEndpointIPs: 'no-endpoint-services',
   noEndpointNodePorts: 'no-endpoint-nodeports',
 } as const;
+/** The main table's maps; all others are in the shards. */
+const MAIN_MAPS: ReadonlySet<string> = new Set([MAPS.noEndpointIPs, MAPS.noEndpointNodePorts]);
+/** A Service whose weights need more slots than this gets a cascade chain instead. */
+export const MAX_SLOTS = 128;
 type MapName = (typeof MAPS)[keyof typeof MAPS];
+
+/**
+ * A shard's slot map for a protocol: `address . port . slot` (or `node port . slot`) ->
+ * endpoint `address . port`. One per protocol, because nft 1.0.6 cannot use a map read
+ * back from the kernel whose typeof says `th dport` ("conflicting protocols").
+ */
+export function slotMap(family: 4 | 6, protocol: string, byNodePort: boolean): { name: string; key: string; definition: string } {
+  const nf = family === 4 ? 'ip' : 'ip6';
+  const key = byNodePort ? `${protocol} dport` : `${nf} daddr . ${protocol} dport`;
+  return { name: `${byNodePort ? 'nodeport' : 'service'}-endpoints-${protocol}`, key, definition: `typeof ${key} . numgen random mod 2 : ${nf} daddr . ${protocol} dport;` };
+}
 
 /** Our tables: the main one and the shards (also ones a different SHARDS left behind). */
 export const isOurTable = (name: string): boolean => name === TABLE || /^extbackend-svc\d+$/.test(name);
@@ -81,9 +119,9 @@ function versionedChain(prefix: string, rules: string[]): NftChain {
 
 /**
  * Weighted random choice as a cascade of rules: rule i takes w_i of the weight R_i still
- * left (`numgen random mod R_i < w_i`), the last takes the rest. No anonymous maps: nft
- * loads every set in the ruleset on each call, and one map per Service made every
- * nft command on the node several times slower at 10 000 Services.
+ * left (`numgen random mod R_i < w_i`), the last takes the rest. No anonymous maps: the
+ * kernel looks set names up in a list, and one map per Service made a 10 000-Service
+ * load several times slower.
  */
 function cascade(endpoints: ModelEndpoint[], action: (e: ModelEndpoint) => string): string[] {
   let remaining = endpoints.reduce((n, e) => n + e.weight, 0);
@@ -94,17 +132,36 @@ function cascade(endpoints: ModelEndpoint[], action: (e: ModelEndpoint) => strin
   });
 }
 
+const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
+
+/** Endpoint i gets weight_i / gcd consecutive slots; undefined when that needs more than MAX_SLOTS. */
+function slots(endpoints: ModelEndpoint[]): ModelEndpoint[] | undefined {
+  if (endpoints.some((e) => !Number.isInteger(e.weight) || e.weight < 1)) return undefined;
+  const g = endpoints.reduce((n, e) => gcd(n, e.weight), 0);
+  const total = endpoints.reduce((n, e) => n + e.weight / g, 0);
+  if (total > MAX_SLOTS) return undefined;
+  return endpoints.flatMap((e) => Array<ModelEndpoint>(e.weight / g).fill(e));
+}
+
 /** What one service port contributes: chains, affinity sets (in its shard) and map elements. */
 interface PortOutput {
   shard: string;
   chains: NftChain[];
+  /** Slot chains: shared by the Services of a shard with the same slot count, protocol and masquerade. */
+  shared: NftChain[];
   sets: NftSet[];
-  elements: [MapName, string, string][];
+  /** Map name -> this port's elements of it. */
+  elements: Map<string, NftElement[]>;
 }
 
 function renderPort(p: ServicePortModel, family: 4 | 6): PortOutput {
   const nf = family === 4 ? 'ip' : 'ip6';
-  const out: PortOutput = { shard: shardTable(p), chains: [], sets: [], elements: [] };
+  const out: PortOutput = { shard: shardTable(p), chains: [], shared: [], sets: [], elements: new Map() };
+  const element = (map: string, k: string, v: string): void => {
+    let group = out.elements.get(map);
+    if (!group) out.elements.set(map, (group = []));
+    group.push([k, v]);
+  };
   const seps = new Map<string, string>();
   const addr = (e: ModelEndpoint): string => (family === 4 ? `${e.ip}:${e.port}` : `[${e.ip}]:${e.port}`);
   /** With affinity, each endpoint has a chain that records the client, then DNATs. */
@@ -128,22 +185,47 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortOutput {
       : cascade(endpoints, (e) => `meta l4proto ${p.protocol} dnat to ${addr(e)}`)),
   ];
   const key = (ip: string, port: number): string => `${ip} . ${p.protocol} . ${port}`;
+  /**
+   * The verdict that balances `endpoints` for traffic found by `keys` (addresses of this
+   * port, or undefined for its node port): a goto to a shared slot chain, with this
+   * port's slot elements, or a chain of its own.
+   */
+  const balance = (kind: 'svc' | 'ext', endpoints: ModelEndpoint[], masquerade: boolean, addresses?: string[]): string => {
+    const slotted = p.affinitySeconds ? undefined : slots(endpoints);
+    if (!slotted) {
+      const c = versionedChain(chainPrefix(kind, p), lbRules(endpoints, masquerade));
+      // External IPs and the node port share the port's one external chain.
+      if (!out.chains.some((x) => x.name === c.name)) out.chains.push(c);
+      return `goto ${c.name}`;
+    }
+    const map = slotMap(family, p.protocol, !addresses);
+    const c = versionedChain(`slots-${addresses ? 'ip' : 'nodeport'}-${p.protocol}-${slotted.length}${masquerade ? '-masq' : ''}-`, [
+      ...(masquerade ? [`meta mark set meta mark | ${MASQ_MARK}`] : []),
+      `dnat ${nf} to ${map.key} . numgen random mod ${slotted.length} map @${map.name}`,
+    ]);
+    out.shared.push(c);
+    for (const prefix of addresses ? addresses.map((ip) => `${ip} . ${p.port}`) : [String(p.nodePort)]) {
+      slotted.forEach((e, slot) => element(map.name, `${prefix} . ${slot}`, `${e.ip} . ${e.port}`));
+    }
+    return `goto ${c.name}`;
+  };
   if (p.clusterEndpoints.length) {
-    const svc = versionedChain(chainPrefix('svc', p), lbRules(p.clusterEndpoints, true));
-    out.chains.push(svc);
-    for (const vip of p.clusterIPs) out.elements.push([MAPS.serviceIPs, key(vip, p.port), `goto ${svc.name}`]);
+    const verdict = balance('svc', p.clusterEndpoints, true, p.clusterIPs);
+    for (const vip of p.clusterIPs) element(MAPS.serviceIPs, key(vip, p.port), verdict);
   } else {
-    for (const vip of p.clusterIPs) out.elements.push([MAPS.noEndpointIPs, key(vip, p.port), 'goto reject-chain']);
+    for (const vip of p.clusterIPs) element(MAPS.noEndpointIPs, key(vip, p.port), 'goto reject-chain');
   }
   if (!p.externalIPs.length && p.nodePort === undefined) return out;
   if (p.externalEndpoints.length) {
-    const ext = versionedChain(chainPrefix('ext', p), lbRules(p.externalEndpoints, !p.externalLocal));
-    out.chains.push(ext);
-    for (const ip of p.externalIPs) out.elements.push([MAPS.serviceIPs, key(ip, p.port), `goto ${ext.name}`]);
-    if (p.nodePort) out.elements.push([MAPS.nodePorts, `${p.protocol} . ${p.nodePort}`, `goto ${ext.name}`]);
+    const masquerade = !p.externalLocal;
+    if (p.externalIPs.length) {
+      const verdict = balance('ext', p.externalEndpoints, masquerade, p.externalIPs);
+      for (const ip of p.externalIPs) element(MAPS.serviceIPs, key(ip, p.port), verdict);
+    }
+    if (p.nodePort) element(MAPS.nodePorts, `${p.protocol} . ${p.nodePort}`, balance('ext', p.externalEndpoints, masquerade));
   } else {
-    for (const ip of p.externalIPs) out.elements.push([MAPS.noEndpointIPs, key(ip, p.port), 'goto reject-chain']);
-    if (p.nodePort) out.elements.push([MAPS.noEndpointNodePorts, `${p.protocol} . ${p.nodePort}`, 'goto reject-chain']);
+    for (const ip of p.externalIPs) element(MAPS.noEndpointIPs, key(ip, p.port), 'goto reject-chain');
+    if (p.nodePort) element(MAPS.noEndpointNodePorts, `${p.protocol} . ${p.nodePort}`, 'goto reject-chain');
   }
   return out;
 }
@@ -157,17 +239,15 @@ export function renderNftables(model: ProxyModel, family: 4 | 6, options: { node
   const byAddress = `type ${addr} . inet_proto . inet_service : verdict;`;
   const byPort = 'type inet_proto . inet_service : verdict;';
   const cidrs = options.nodePortCIDRs.filter((c) => c.includes(':') === (family === 6));
-  /** A table's two verdict maps: by address . protocol . port, and by protocol . port (node ports). */
-  const emptyMaps = (byAddressMap: MapName, byPortMap: MapName): Map<string, NftMap> =>
-    new Map([
-      [byAddressMap, { definition: byAddress, elements: new Map() }],
-      [byPortMap, { definition: byPort, elements: new Map() }],
-    ]);
+  const verdictMaps = (byAddressMap: MapName, byPortMap: MapName): [MapName, NftMap][] => [
+    [byAddressMap, { definition: byAddress, groups: [] }],
+    [byPortMap, { definition: byPort, groups: [] }],
+  ];
   const local = cidrs.length ? `${nf} daddr { ${cidrs.join(', ')} } fib daddr type local` : 'fib daddr type local';
   const main: NftTable = {
     name: TABLE,
     sets: [],
-    maps: emptyMaps(MAPS.noEndpointIPs, MAPS.noEndpointNodePorts),
+    maps: new Map(verdictMaps(MAPS.noEndpointIPs, MAPS.noEndpointNodePorts)),
     chains: [
       chain('nat-postrouting', ['jump masquerading'], 'type nat hook postrouting priority srcnat;'),
       chain('filter-input', ['ct state new jump external-filter'], 'type filter hook input priority filter;'),
@@ -181,13 +261,14 @@ export function renderNftables(model: ProxyModel, family: 4 | 6, options: { node
     ],
   };
   const shards = new Map<string, NftTable>();
+  const sharedChains = new Map<string, Set<string>>();
   const shard = (name: string): NftTable => {
     let s = shards.get(name);
     if (!s) {
       s = {
         name,
         sets: [],
-        maps: emptyMaps(MAPS.serviceIPs, MAPS.nodePorts),
+        maps: new Map(verdictMaps(MAPS.serviceIPs, MAPS.nodePorts)),
         chains: [
           chain('nat-prerouting', ['jump services'], 'type nat hook prerouting priority dstnat;'),
           chain('nat-output', ['jump services'], 'type nat hook output priority -100;'),
@@ -198,16 +279,27 @@ export function renderNftables(model: ProxyModel, family: 4 | 6, options: { node
     }
     return s;
   };
+  // Slot maps are made in a shard when a Service there needs them.
+  const slotMaps = new Map(['tcp', 'udp', 'sctp'].flatMap((proto) => [false, true].map((byNodePort) => slotMap(family, proto, byNodePort))).map((m) => [m.name, m.definition]));
   for (const p of model.ports) {
     if (p.family !== family) continue;
     const r = renderedOnce(portCache, p, (port) => renderPort(port, family));
-    for (const [map, k, v] of r.elements) {
-      const table = map === MAPS.serviceIPs || map === MAPS.nodePorts ? shard(r.shard) : main;
-      table.maps.get(map)!.elements.set(k, v);
+    for (const [name, group] of r.elements) {
+      const table = MAIN_MAPS.has(name) ? main : shard(r.shard);
+      let map = table.maps.get(name);
+      if (!map) table.maps.set(name, (map = { definition: slotMaps.get(name)!, groups: [] }));
+      map.groups.push(group);
     }
-    if (!r.chains.length) continue;
+    if (!r.chains.length && !r.shared.length) continue;
     const s = shard(r.shard);
     s.chains.push(...r.chains);
+    let shared = sharedChains.get(s.name);
+    if (!shared) sharedChains.set(s.name, (shared = new Set()));
+    for (const c of r.shared) {
+      if (shared.has(c.name)) continue;
+      shared.add(c.name);
+      s.chains.push(c);
+    }
     s.sets.push(...r.sets);
   }
   return { family: nf, tables: [main, ...[...shards.values()].sort((a, b) => a.name.localeCompare(b.name))] };
