@@ -111,7 +111,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     let written = 0;
     let elements = 0;
     const names: string[] = [];
-    for (const family of [4, 6] as const) {
+    const syncFamily = async (family: 4 | 6): Promise<void> => {
       const before = performance.now();
       const result = await plane.sync(model, family, full);
       phases[`ipv${family}Ms`] = Math.round(performance.now() - before);
@@ -120,7 +120,9 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       names.push(...(result.names ?? []));
       chainsWritten.inc({ family: String(family) }, result.written);
       ruleCount.set(result.rules, { family: String(family) });
-    }
+    };
+    if (plane.familiesAtOnce) await Promise.all([syncFamily(4), syncFamily(6)]);
+    else for (const family of [4, 6] as const) await syncFamily(family);
     await clearStaleUdp(lastModel, model, log);
     lastModel = model;
     servicePorts.set(model.ports.length);
@@ -232,6 +234,8 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
 }
 
 interface DataPlane {
+  /** The families' syncs are independent (their own tables and processes): run them at once. */
+  familiesAtOnce?: boolean;
   /** Programs one family; returns chains written and the rules (and map elements) now owned. */
   sync(model: ProxyModel, family: 4 | 6, full: boolean): Promise<{ written: number; rules: number; names?: string[]; elements?: number }>;
 }
@@ -262,6 +266,7 @@ function dataPlane(o: AgentOptions, log: Logger): DataPlane {
   if (mode === 'nftables') {
     const appliers = { 4: new NftablesApplier('ip'), 6: new NftablesApplier('ip6') } as const;
     return {
+      familiesAtOnce: true,
       sync: async (model, family, full) => {
         const state = renderNftables(model, family, { nodePortCIDRs });
         const r = await appliers[family].apply(state, full);

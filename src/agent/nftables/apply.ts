@@ -22,18 +22,20 @@ interface KnownTable {
 
 const elementList = (added: NftElement[]): string => added.map(([k, v]) => `${k} : ${v}`).join(', ');
 
-/** `nft list chains|sets|maps <family>` output -> table -> names of the given kind, for our tables. */
+/** `nft list chains|sets|maps <family>` output (one or several) -> table -> names of the given kind, for our tables. */
 export function parseListing(text: string, kind: 'chain' | 'set' | 'map'): Map<string, string[]> {
   const tables = new Map<string, string[]>();
+  const itemLine = new RegExp(`^\\s+${kind} (\\S+) \\{`);
   let current: string[] | undefined;
   for (const line of text.split('\n')) {
     const table = /^table \S+ (\S+)/.exec(line);
     if (table) {
-      current = isOurTable(table[1]!) ? [] : undefined;
-      if (current) tables.set(table[1]!, current);
+      const name = table[1]!;
+      current = isOurTable(name) ? (tables.get(name) ?? []) : undefined;
+      if (current) tables.set(name, current);
       continue;
     }
-    const item = new RegExp(`^\\s+${kind} (\\S+) \\{`).exec(line);
+    const item = itemLine.exec(line);
     if (item && current) current.push(item[1]!);
   }
   return tables;
@@ -69,14 +71,11 @@ export class NftablesApplier {
     // What we wrote is still what a map holds if the last apply succeeded and the map is still there.
     const previous = this.loaded ? this.known : new Map<string, KnownTable>();
     this.known = new Map();
-    const [chains, sets, maps] = await Promise.all([
-      this.nft(['list', 'chains', this.family]),
-      this.nft(['-t', 'list', 'sets', this.family]),
-      this.nft(['-t', 'list', 'maps', this.family]),
-    ]);
-    for (const [table, names] of parseListing(chains, 'chain')) this.known.set(table, { chains: new Map(names.map((n) => [n, undefined])), sets: new Set(), maps: new Map() });
-    for (const [table, names] of parseListing(sets, 'set')) for (const n of names) this.known.get(table)?.sets.add(n);
-    for (const [table, names] of parseListing(maps, 'map')) for (const n of names) this.known.get(table)?.maps.set(n, previous.get(table)?.maps.get(n));
+    // One nft process for the three listings (terse: no set elements).
+    const listing = await this.nft(['-t', '-f', '-'], `list chains ${this.family}\nlist sets ${this.family}\nlist maps ${this.family}\n`);
+    for (const [table, names] of parseListing(listing, 'chain')) this.known.set(table, { chains: new Map(names.map((n) => [n, undefined])), sets: new Set(), maps: new Map() });
+    for (const [table, names] of parseListing(listing, 'set')) for (const n of names) this.known.get(table)?.sets.add(n);
+    for (const [table, names] of parseListing(listing, 'map')) for (const n of names) this.known.get(table)?.maps.set(n, previous.get(table)?.maps.get(n));
     this.loaded = true;
   }
 
