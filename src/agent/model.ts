@@ -168,6 +168,8 @@ function candidatesFor(slices: SliceInput[], family: Family, portName: string, p
 const strip = (c: Candidate): ModelEndpoint => ({ ip: c.ip, port: c.port, weight: c.weight, ...(c.nodeName ? { nodeName: c.nodeName } : {}) });
 
 interface CacheEntry {
+  namespace: string;
+  name: string;
   svc: ServiceInput;
   slices: SliceInput[];
   key: string | undefined;
@@ -180,8 +182,21 @@ interface CacheEntry {
 export class ModelCache {
   nodeKey = '';
   generation = 0;
+  /** By "namespace/name", for sorting and forgetting. */
   readonly services = new Map<string, CacheEntry>();
+  /** The same entries by namespace, then name: found with the objects' own strings, no key built per sync. */
+  readonly byName = new Map<string, Map<string, CacheEntry>>();
+  /** Service ids in port order; undefined when Services came or went since it was sorted. */
+  sortedIds: string[] | undefined;
 }
+
+/** Port ids start with the Service id and ':': ordering Services by `id:` orders their ports the same. */
+const byPortOrder = (a: string, b: string): number => {
+  const x = `${a}:`;
+  const y = `${b}:`;
+  return x < y ? -1 : x > y ? 1 : 0;
+};
+const byId = (a: { id: string }, b: { id: string }): number => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 
 const rvOf = (o: { metadata: unknown }): string | undefined => (o.metadata as { resourceVersion?: string }).resourceVersion;
 
@@ -205,41 +220,66 @@ function unchanged(e: CacheEntry, svc: ServiceInput, slices: SliceInput[]): bool
  * renderers can reuse their output too): a one-Service change costs one Service's work.
  */
 export function buildProxyModel(services: ServiceInput[], slices: SliceInput[], node: NodeInput, options: ModelOptions, cache?: ModelCache): ProxyModel {
-  const slicesByService = new Map<string, SliceInput[]>();
+  // Namespace, then Service name: the objects' own strings as keys (a "namespace/name" built per
+  // object and sync would be hashed anew each time, the biggest cost of a one-Service rebuild).
+  const slicesByService = new Map<string, Map<string, SliceInput[]>>();
   for (const s of slices) {
     const svc = s.metadata.labels?.[SERVICE_NAME_LABEL];
     if (!svc) continue;
-    const key = `${s.metadata.namespace}/${svc}`;
-    const list = slicesByService.get(key);
+    const namespace = s.metadata.namespace ?? 'default';
+    let byName = slicesByService.get(namespace);
+    if (!byName) slicesByService.set(namespace, (byName = new Map<string, SliceInput[]>()));
+    const list = byName.get(svc);
     if (list) list.push(s);
-    else slicesByService.set(key, [s]);
+    else byName.set(svc, [s]);
   }
   if (cache) {
     const nodeKey = JSON.stringify([node.name, node.labels]);
-    if (cache.nodeKey !== nodeKey) cache.services.clear();
+    if (cache.nodeKey !== nodeKey) {
+      cache.services.clear();
+      cache.byName.clear();
+      cache.sortedIds = undefined;
+    }
     cache.nodeKey = nodeKey;
   }
   const ports: ServicePortModel[] = [];
   const generation = cache ? ++cache.generation : 0;
   for (const svc of services) {
-    const id = `${svc.metadata.namespace ?? 'default'}/${svc.metadata.name}`;
-    const svcSlices = slicesByService.get(id) ?? [];
-    let result: ServicePortModel[];
-    const hit = cache?.services.get(id);
+    const namespace = svc.metadata.namespace ?? 'default';
+    const name = svc.metadata.name;
+    const svcSlices = slicesByService.get(namespace)?.get(name) ?? [];
+    const hit = cache?.byName.get(namespace)?.get(name);
     if (hit && unchanged(hit, svc, svcSlices)) {
       hit.svc = svc;
       hit.slices = svcSlices;
       hit.generation = generation;
-      result = hit.ports;
-    } else {
-      result = servicePorts(svc, svcSlices, node, options);
-      cache?.services.set(id, { svc, slices: svcSlices, key: serviceCacheKey(svc, svcSlices), ports: result, generation });
+      continue;
     }
-    for (const p of result) ports.push(p);
+    const result = servicePorts(svc, svcSlices, node, options).sort(byId);
+    if (!cache) {
+      for (const p of result) ports.push(p);
+      continue;
+    }
+    if (!hit) cache.sortedIds = undefined;
+    const entry: CacheEntry = { namespace, name, svc, slices: svcSlices, key: serviceCacheKey(svc, svcSlices), ports: result, generation };
+    cache.services.set(`${namespace}/${name}`, entry);
+    let byName = cache.byName.get(namespace);
+    if (!byName) cache.byName.set(namespace, (byName = new Map<string, CacheEntry>()));
+    byName.set(name, entry);
   }
+  if (!cache) return { ports: ports.sort(byId) };
   // Forget Services that are gone (only when there are some: ids are unique).
-  if (cache && cache.services.size > services.length) for (const [id, e] of cache.services) if (e.generation !== generation) cache.services.delete(id);
-  ports.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  if (cache.services.size > services.length) {
+    for (const [id, e] of cache.services) {
+      if (e.generation === generation) continue;
+      cache.services.delete(id);
+      cache.byName.get(e.namespace)?.delete(e.name);
+    }
+    cache.sortedIds = undefined;
+  }
+  // Sorting 10 000 ids costs more than the rest of a one-Service rebuild: only when Services came or went.
+  cache.sortedIds ??= [...cache.services.keys()].sort(byPortOrder);
+  for (const id of cache.sortedIds) for (const p of cache.services.get(id)!.ports) ports.push(p);
   return { ports };
 }
 

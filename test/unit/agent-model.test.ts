@@ -202,3 +202,16 @@ test('model cache: unchanged Services keep their port objects; a changed, remove
   build([], []);
   t.is(cache.services.size, 0, 'removed Services are forgotten');
 });
+
+test('model cache: ports come in the same order as an uncached build, as Services come and go', (t) => {
+  const named = (name: string, ports = [{ name: 'http', port: 80, protocol: 'TCP' }, { name: 'a', port: 81, protocol: 'TCP' }]): ServiceInput => ({ ...service({ ports }), metadata: { name, namespace: 'ns', resourceVersion: name } });
+  const cache = new ModelCache();
+  const build = (services: ServiceInput[], c?: ModelCache) => buildProxyModel(services, [], nodeA, { externalIPAllowed: () => false }, c).ports.map((p) => p.id);
+  // "b-x" sorts before "b" by port id ("-" < ":"), after it by Service name.
+  for (const names of [['b', 'b-x', 'a'], ['b', 'b-x', 'a', 'b.y'], ['b-x', 'b.y'], ['c', 'b-x', 'b.y', 'b']]) {
+    const services = names.map((n) => named(n));
+    const cached = build(services, cache);
+    t.deepEqual(cached, build(services));
+    t.deepEqual(cached, [...cached].sort());
+  }
+});
