@@ -179,8 +179,23 @@ test('pure helpers: fallback order and topology keys', (t) => {
 });
 
 test('iptables-save parsing finds our chains and their content hashes only', (t) => {
-  const saved = ['*nat', ':PREROUTING ACCEPT [0:0]', ':KUBE-SERVICES - [0:0]', ':XB-SERVICES - [0:0]', ':XB-SVC-ABC - [0:0]', '-A XB-SERVICES -m comment --comment "xb-hash:00ff"', '-A XB-SERVICES -j XB-SVC-ABC', '-A KUBE-SERVICES -m comment --comment "xb-hash:1234"', 'COMMIT'].join('\n');
-  t.deepEqual([...parseSaved(saved, 'nat')], [['XB-SERVICES', '00ff'], ['XB-SVC-ABC', undefined]]);
+  const saved = [
+    '*nat',
+    ':PREROUTING ACCEPT [0:0]',
+    ':KUBE-SERVICES - [0:0]',
+    ':XB-SERVICES - [0:0]',
+    ':XB-SVC-ABC - [0:0]',
+    ':XB-SVC-DEF - [0:0]',
+    '-A XB-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment "xb-hash:00ff" -m tcp --dport 80 -j XB-SVC-ABC',
+    '-A XB-SERVICES -m comment --comment "xb-hash:0aaa" -j XB-SVC-DEF',
+    '-A XB-SVC-ABC -j MARK --or-mark 0x10000',
+    '-A XB-SVC-ABC -m comment --comment "xb-hash:0bbb" -j RETURN',
+    '-A XB-SVC-DEF -m comment --comment "xb-hash:abcd"',
+    '-A KUBE-SERVICES -m comment --comment "xb-hash:1234"',
+    'COMMIT',
+  ].join('\n');
+  // Only a first rule's hash counts: a chain whose first rule has none is of unknown content.
+  t.deepEqual([...parseSaved(saved, 'nat')], [['XB-SERVICES', '00ff'], ['XB-SVC-ABC', undefined], ['XB-SVC-DEF', 'abcd']]);
   t.deepEqual([...parseSaved(saved, 'filter')], []);
 });
 
@@ -204,7 +219,7 @@ test('model cache: unchanged Services keep their port objects; a changed, remove
 });
 
 test('model cache: ports come in the same order as an uncached build, as Services come and go', (t) => {
-  const named = (name: string, ports = [{ name: 'http', port: 80, protocol: 'TCP' }, { name: 'a', port: 81, protocol: 'TCP' }]): ServiceInput => ({ ...service({ ports }), metadata: { name, namespace: 'ns', resourceVersion: name } });
+  const named = (name: string, ports = [{ name: 'http', port: 80, protocol: 'TCP' }, { name: 'a', port: 81, protocol: 'TCP' }]): ServiceInput => ({ ...service({ ports }), metadata: { name, namespace: 'ns' } });
   const cache = new ModelCache();
   const build = (services: ServiceInput[], c?: ModelCache) => buildProxyModel(services, [], nodeA, { externalIPAllowed: () => false }, c).ports.map((p) => p.id);
   // "b-x" sorts before "b" by port id ("-" < ":"), after it by Service name.

@@ -20,14 +20,20 @@ export function commandsFor(family: 4 | 6): IptablesCommands {
 /** Our chains in the kernel now, with the content hash each was written with. */
 export function parseSaved(saved: string, table: Table): Map<string, string | undefined> {
   const chains = new Map<string, string | undefined>();
+  const firstRuleSeen = new Set<string>();
   let current = '';
   for (const line of saved.split('\n')) {
     if (line.startsWith('*')) current = line.slice(1);
     if (current !== table) continue;
     const decl = /^:(\S+) /.exec(line);
     if (decl?.[1]?.startsWith(CHAIN_PREFIX)) chains.set(decl[1], undefined);
-    const hash = /^-A (\S+) -m comment --comment "?xb-hash:([0-9a-f]+)"?/.exec(line);
-    if (hash?.[1]?.startsWith(CHAIN_PREFIX) && chains.get(hash[1]) === undefined) chains.set(hash[1], hash[2]);
+    // The hash is on a chain's first rule; iptables-save may print addresses and protocol before it.
+    const rule = /^-A (\S+) /.exec(line);
+    const chain = rule?.[1];
+    if (!chain?.startsWith(CHAIN_PREFIX) || firstRuleSeen.has(chain)) continue;
+    firstRuleSeen.add(chain);
+    const hash = /-m comment --comment "?xb-hash:([0-9a-f]+)"?/.exec(line);
+    if (hash) chains.set(chain, hash[1]);
   }
   return chains;
 }

@@ -91,9 +91,16 @@ export interface RenderOptions {
   nodePortCIDRs: string[];
 }
 
+/**
+ * A chain whose first rule carries the hash of its content (a comment-only rule when it
+ * has none): not a rule of its own, because every rule in the nat table costs kernel
+ * time on each commit (the kernel walks the whole table from each hook).
+ */
 export function chainOf(table: Table, name: string, rules: string[]): Chain {
   const hash = createHash('sha256').update(rules.join('\n')).digest('hex').slice(0, 16);
-  return { table, name, rules: [`-m comment --comment "xb-hash:${hash}"`, ...rules], hash };
+  const tag = `-m comment --comment "xb-hash:${hash}"`;
+  const [first, ...rest] = rules;
+  return { table, name, rules: first === undefined ? [tag] : [`${tag} ${first}`, ...rest], hash };
 }
 
 /** What one service port contributes: its own chains and its rules in the shared chains. */
