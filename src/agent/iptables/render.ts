@@ -93,12 +93,14 @@ export interface RenderOptions {
 
 /**
  * A chain whose first rule carries the hash of its content (a comment-only rule when it
- * has none): not a rule of its own, because every rule in the nat table costs kernel
- * time on each commit (the kernel walks the whole table from each hook).
+ * has none) and what the chain is for: not a rule of its own, because every rule in the
+ * nat table costs kernel time on each commit (the kernel walks the whole table from each
+ * hook). The rules that jump to a Service's chain carry no comment for the same reason
+ * (and because each packet walks them): its first rule names the Service.
  */
-export function chainOf(table: Table, name: string, rules: string[]): Chain {
+export function chainOf(table: Table, name: string, rules: string[], label?: string): Chain {
   const hash = createHash('sha256').update(rules.join('\n')).digest('hex').slice(0, 16);
-  const tag = `-m comment --comment "xb-hash:${hash}"`;
+  const tag = comment(`xb-hash:${hash}${label ? ` ${label}` : ''}`);
   const [first, ...rest] = rules;
   return { table, name, rules: first === undefined ? [tag] : [`${tag} ${first}`, ...rest], hash };
 }
@@ -114,7 +116,6 @@ interface PortRules {
 
 function renderPort(p: ServicePortModel, family: 4 | 6): PortRules {
   const out: PortRules = { chains: [], services: [], nodePorts: [], filterServices: [], filterExternal: [] };
-  const c = comment(p.id);
   const seps = new Set<string>();
   const ensureSep = (e: ModelEndpoint): void => {
     const name = sepChain(p, e);
@@ -123,14 +124,14 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortRules {
     const rules: string[] = [];
     if (p.affinitySeconds) rules.push(`${comment(p.id)} -m recent --name ${name} --mask ${p.family === 4 ? '255.255.255.255' : 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff'} --rsource --set`);
     rules.push(`-p ${p.protocol} -j DNAT --to-destination ${endpointAddr(e, p.family)}`);
-    out.chains.push(chainOf('nat', name, rules));
+    out.chains.push(chainOf('nat', name, rules, `${p.id} -> ${endpointAddr(e, p.family)}`));
   };
   // Cluster traffic: always masqueraded, since outside hosts cannot reach pod IPs.
   if (p.clusterEndpoints.length) {
     const svc = svcChain(p);
-    out.chains.push(chainOf('nat', svc, [MARK_MASQ, ...affinity(p, p.clusterEndpoints), ...balance(p, p.clusterEndpoints)]));
+    out.chains.push(chainOf('nat', svc, [MARK_MASQ, ...affinity(p, p.clusterEndpoints), ...balance(p, p.clusterEndpoints)], p.id));
     if (p.affinitySeconds) p.clusterEndpoints.forEach(ensureSep);
-    for (const vip of p.clusterIPs) out.services.push(`-d ${host(vip, family)} ${c} ${match(p, p.port)} -j ${svc}`);
+    for (const vip of p.clusterIPs) out.services.push(`-d ${host(vip, family)} ${match(p, p.port)} -j ${svc}`);
   } else {
     for (const vip of p.clusterIPs) out.filterServices.push(`-d ${host(vip, family)} ${comment(`${p.id} has no endpoints`)} ${match(p, p.port)} ${reject(p)}`);
   }
@@ -138,10 +139,10 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortRules {
   if (!p.externalIPs.length && p.nodePort === undefined) return out;
   if (p.externalEndpoints.length) {
     const ext = extChain(p);
-    out.chains.push(chainOf('nat', ext, [...(p.externalLocal ? [] : [MARK_MASQ]), ...affinity(p, p.externalEndpoints), ...balance(p, p.externalEndpoints)]));
+    out.chains.push(chainOf('nat', ext, [...(p.externalLocal ? [] : [MARK_MASQ]), ...affinity(p, p.externalEndpoints), ...balance(p, p.externalEndpoints)], `${p.id} external`));
     if (p.affinitySeconds) p.externalEndpoints.forEach(ensureSep);
-    for (const ip of p.externalIPs) out.services.push(`-d ${host(ip, family)} ${c} ${match(p, p.port)} -j ${ext}`);
-    if (p.nodePort) out.nodePorts.push(`${c} ${match(p, p.nodePort)} -j ${ext}`);
+    for (const ip of p.externalIPs) out.services.push(`-d ${host(ip, family)} ${match(p, p.port)} -j ${ext}`);
+    if (p.nodePort) out.nodePorts.push(`${match(p, p.nodePort)} -j ${ext}`);
   } else {
     const why = comment(`${p.id} has no ${p.externalLocal ? 'local ' : ''}endpoints`);
     for (const ip of p.externalIPs) out.filterServices.push(`-d ${host(ip, family)} ${why} ${match(p, p.port)} ${reject(p)}`);
