@@ -18,6 +18,7 @@ import { IpvsApplier, nodeAddresses, prepareIpvsNode, removeDummyInterface } fro
 import type { Scheduler } from './ipvs/plan.ts';
 import { renderIptables } from './iptables/render.ts';
 import { NftablesApplier } from './nftables/apply.ts';
+import { SliceIndex } from './slice-index.ts';
 import { renderNftables } from './nftables/render.ts';
 import { buildProxyModel, ModelCache, type NodeInput, type ProxyModel, type ServiceInput, type SliceInput } from './model.ts';
 import { SyncRunner } from './sync-runner.ts';
@@ -93,6 +94,9 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const plane = dataPlane(o, log);
   let lastModel: ProxyModel = { ports: [] };
   const modelCache = new ModelCache();
+  // Every slice in the cluster is watched; a sync looks up our Services' slices only.
+  const sliceIndex = new SliceIndex();
+  slices.on((event, slice, old) => sliceIndex.update(event, slice, old));
   let pendingTriggers: number[] = [];
   const hcServers = new Map<number, http.Server>();
 
@@ -103,7 +107,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
 
   const sync = async (full: boolean): Promise<void> => {
     const started = performance.now();
-    const model = buildProxyModel(services.list(), slices.list(), nodeInput(), {
+    const model = buildProxyModel(services.list(), (namespace, name) => sliceIndex.slicesOf(namespace, name), nodeInput(), {
       externalIPAllowed: (ip) => externalCidrs.some((c) => cidrContains(c, parseIP(ip)!)),
     }, modelCache);
     // Where a sync's time went, for the log: model, then each family's render + apply.

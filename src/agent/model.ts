@@ -214,25 +214,35 @@ function unchanged(e: CacheEntry, svc: ServiceInput, slices: SliceInput[]): bool
   return key !== undefined && key === e.key;
 }
 
+/** A Service's EndpointSlices, by its namespace and name (the agent keeps them indexed). */
+export type SlicesOf = (namespace: string, name: string) => SliceInput[];
+
+/**
+ * Slices by namespace, then Service name: the objects' own strings as keys (a
+ * "namespace/name" built per object and sync would be hashed anew each time).
+ */
+function groupByService(slices: SliceInput[]): SlicesOf {
+  const byService = new Map<string, Map<string, SliceInput[]>>();
+  for (const s of slices) {
+    const svc = s.metadata.labels?.[SERVICE_NAME_LABEL];
+    if (!svc) continue;
+    const namespace = s.metadata.namespace ?? 'default';
+    let byName = byService.get(namespace);
+    if (!byName) byService.set(namespace, (byName = new Map<string, SliceInput[]>()));
+    const list = byName.get(svc);
+    if (list) list.push(s);
+    else byName.set(svc, [s]);
+  }
+  return (namespace, name) => byService.get(namespace)?.get(name) ?? [];
+}
+
 /**
  * The model for every Service. With a cache, a Service whose object, slices and node
  * are unchanged since the last call reuses its previous ports (the same objects, so
  * renderers can reuse their output too): a one-Service change costs one Service's work.
  */
-export function buildProxyModel(services: ServiceInput[], slices: SliceInput[], node: NodeInput, options: ModelOptions, cache?: ModelCache): ProxyModel {
-  // Namespace, then Service name: the objects' own strings as keys (a "namespace/name" built per
-  // object and sync would be hashed anew each time, the biggest cost of a one-Service rebuild).
-  const slicesByService = new Map<string, Map<string, SliceInput[]>>();
-  for (const s of slices) {
-    const svc = s.metadata.labels?.[SERVICE_NAME_LABEL];
-    if (!svc) continue;
-    const namespace = s.metadata.namespace ?? 'default';
-    let byName = slicesByService.get(namespace);
-    if (!byName) slicesByService.set(namespace, (byName = new Map<string, SliceInput[]>()));
-    const list = byName.get(svc);
-    if (list) list.push(s);
-    else byName.set(svc, [s]);
-  }
+export function buildProxyModel(services: ServiceInput[], slices: SliceInput[] | SlicesOf, node: NodeInput, options: ModelOptions, cache?: ModelCache): ProxyModel {
+  const slicesOf = typeof slices === 'function' ? slices : groupByService(slices);
   if (cache) {
     const nodeKey = JSON.stringify([node.name, node.labels]);
     if (cache.nodeKey !== nodeKey) {
@@ -247,7 +257,7 @@ export function buildProxyModel(services: ServiceInput[], slices: SliceInput[], 
   for (const svc of services) {
     const namespace = svc.metadata.namespace ?? 'default';
     const name = svc.metadata.name;
-    const svcSlices = slicesByService.get(namespace)?.get(name) ?? [];
+    const svcSlices = slicesOf(namespace, name);
     const hit = cache?.byName.get(namespace)?.get(name);
     if (hit && unchanged(hit, svc, svcSlices)) {
       hit.svc = svc;
