@@ -6,10 +6,10 @@
 // the no-endpoint maps live in the main table `extbackend`.
 //
 // Balancing is by endpoint slots: a Service with endpoint weights summing to W (after
-// dividing by their gcd) owns W elements `VIP . protocol . port . slot -> endpoint` in
-// the shard's endpoint map, and its map element jumps to a chain shared by every Service
-// with the same W (`dnat to daddr . l4proto . dport . numgen random mod W map @...`). So a
-// Service is map elements, not rules: `nft -f` loads an element several times faster than
+// dividing by their gcd) owns W elements `VIP . port . slot -> endpoint` in the shard's
+// slot map for its protocol, and its verdict element jumps to a chain shared by every
+// Service with the same W (`dnat to ip daddr . tcp dport . numgen random mod W map
+// @service-endpoints-tcp`). So a Service is map elements, not rules: `nft -f` loads an element several times faster than
 // a rule, and a one-Service change touches no chain at all. Services with ClientIP
 // affinity (dynamic sets with timeouts, a chain per endpoint) or too many slots get a
 // chain of their own with a numgen cascade. Chains are named by their content hash, so
@@ -186,9 +186,9 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortOutput {
   ];
   const key = (ip: string, port: number): string => `${ip} . ${p.protocol} . ${port}`;
   /**
-   * The verdict that balances `endpoints` for traffic found by `keys` (addresses of this
-   * port, or undefined for its node port): a goto to a shared slot chain, with this
-   * port's slot elements, or a chain of its own.
+   * The verdict that balances `endpoints` for traffic to `addresses` (this port's VIPs or
+   * external IPs; none: its node port): a goto to a shared slot chain, with this port's
+   * slot elements, or to a chain of its own.
    */
   const balance = (kind: 'svc' | 'ext', endpoints: ModelEndpoint[], masquerade: boolean, addresses?: string[]): string => {
     const slotted = p.affinitySeconds ? undefined : slots(endpoints);
