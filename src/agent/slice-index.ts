@@ -3,6 +3,7 @@
 // written by anyone), most of them for Services that are not ours: a sync asks for the
 // slices of our Services only instead of grouping every slice in the cluster again.
 import { SERVICE_NAME_LABEL } from '../operator/types.ts';
+import type { InformerEvent } from '../runtime/informer.ts';
 import type { SliceInput } from './model.ts';
 
 interface Entry {
@@ -19,7 +20,7 @@ export class SliceIndex {
   private readonly index = new Map<string, Map<string, Entry>>();
 
   /** An informer event: `old` is the slice this one replaces (its Service label may differ). */
-  update(event: 'add' | 'update' | 'delete', slice: SliceInput, old?: SliceInput): void {
+  update(event: InformerEvent, slice: SliceInput, old?: SliceInput): void {
     if (old) this.remove(old);
     if (event === 'delete') this.remove(slice);
     else this.add(slice);

@@ -21,6 +21,8 @@ import { renderedOnce, type ModelEndpoint, type ProxyModel, type ServicePortMode
 export const TABLE = 'extbackend';
 export const SHARDS = 16;
 export const MASQ_MARK = '0x00010000';
+/** Marks a connection for masquerade (inline rather than a jump: every jump makes the kernel's table validation walk more). */
+const MARK_MASQ = `meta mark set meta mark | ${MASQ_MARK}`;
 
 export interface NftChain {
   name: string;
@@ -94,6 +96,11 @@ export function slotMap(family: 4 | 6, protocol: string, byNodePort: boolean): {
   const key = byNodePort ? `${protocol} dport` : `${nf} daddr . ${protocol} dport`;
   return { name: `${byNodePort ? 'nodeport' : 'service'}-endpoints-${protocol}`, key, definition: `typeof ${key} . numgen random mod 2 : ${nf} daddr . ${protocol} dport;` };
 }
+
+/** Slot map name -> definition, per family. */
+const slotMapDefinitions = (family: 4 | 6): Map<string, string> =>
+  new Map(['tcp', 'udp', 'sctp'].flatMap((proto) => [false, true].map((byNodePort) => slotMap(family, proto, byNodePort))).map((m) => [m.name, m.definition]));
+const SLOT_MAP_DEFINITIONS = { 4: slotMapDefinitions(4), 6: slotMapDefinitions(6) };
 
 /** Our tables: the main one and the shards (also ones a different SHARDS left behind). */
 export const isOurTable = (name: string): boolean => name === TABLE || /^extbackend-svc\d+$/.test(name);
@@ -178,8 +185,7 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortOutput {
   };
   // Without affinity the service chain DNATs itself: no chain per endpoint.
   const lbRules = (endpoints: ModelEndpoint[], masquerade: boolean): string[] => [
-    // Inline rather than a jump: every jump makes the kernel's table validation walk more.
-    ...(masquerade ? [`meta mark set meta mark | ${MASQ_MARK}`] : []),
+    ...(masquerade ? [MARK_MASQ] : []),
     ...(p.affinitySeconds
       ? [...endpoints.map((e) => `${nf} saddr @${affinitySet(p, e)} goto ${sep(e)}`), ...cascade(endpoints, (e) => `goto ${sep(e)}`)]
       : cascade(endpoints, (e) => `meta l4proto ${p.protocol} dnat to ${addr(e)}`)),
@@ -200,7 +206,7 @@ function renderPort(p: ServicePortModel, family: 4 | 6): PortOutput {
     }
     const map = slotMap(family, p.protocol, !addresses);
     const c = versionedChain(`slots-${addresses ? 'ip' : 'nodeport'}-${p.protocol}-${slotted.length}${masquerade ? '-masq' : ''}-`, [
-      ...(masquerade ? [`meta mark set meta mark | ${MASQ_MARK}`] : []),
+      ...(masquerade ? [MARK_MASQ] : []),
       `dnat ${nf} to ${map.key} . numgen random mod ${slotted.length} map @${map.name}`,
     ]);
     out.shared.push(c);
@@ -279,15 +285,14 @@ export function renderNftables(model: ProxyModel, family: 4 | 6, options: { node
     }
     return s;
   };
-  // Slot maps are made in a shard when a Service there needs them.
-  const slotMaps = new Map(['tcp', 'udp', 'sctp'].flatMap((proto) => [false, true].map((byNodePort) => slotMap(family, proto, byNodePort))).map((m) => [m.name, m.definition]));
   for (const p of model.ports) {
     if (p.family !== family) continue;
     const r = renderedOnce(portCache, p, (port) => renderPort(port, family));
     for (const [name, group] of r.elements) {
       const table = MAIN_MAPS.has(name) ? main : shard(r.shard);
       let map = table.maps.get(name);
-      if (!map) table.maps.set(name, (map = { definition: slotMaps.get(name)!, groups: [] }));
+      // Slot maps are made in a shard when a Service there needs them.
+      if (!map) table.maps.set(name, (map = { definition: SLOT_MAP_DEFINITIONS[family].get(name)!, groups: [] }));
       map.groups.push(group);
     }
     if (!r.chains.length && !r.shared.length) continue;
