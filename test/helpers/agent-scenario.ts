@@ -161,22 +161,24 @@ async function ruleSnapshot(w: World, node: LabHost, service: string, vip: strin
     const conns = Number(/^TCP\s+\S+\s+(\d+)/m.exec(listing)?.[1] ?? 0);
     return { listing, identity: [...listing.matchAll(/-> (\S+)/g)].map((m) => m[1]!).filter((r) => r !== 'RemoteAddress:Port'), counter: conns };
   }
+  /** nftables: the Service's slot elements (they have no handles). */
+  let elements: string[] = [];
   if (w.mode === 'iptables') {
     // iptables here is iptables-nft: the same rules, seen through nft, have handles.
     listing = await node.exec('nft', ['-a', 'list', 'chain', 'ip', 'nat', iptablesSvcChain({ id })]);
   } else {
     // The Service is slot elements in its shard, behind the slot chain its VIP's verdict element goes to.
     const table = shardTable({ id });
+    const at = vip.replaceAll('.', '\\.');
     const verdicts = await node.exec('nft', ['list', 'map', 'ip', table, 'service-ips']);
-    const chain = new RegExp(`${vip.replaceAll('.', '\\.')} \\. tcp \\. 80 : goto (\\S+?)[,\\s]`).exec(verdicts)![1]!;
+    const chain = new RegExp(`${at} \\. tcp \\. 80 : goto (\\S+?)[,\\s]`).exec(verdicts)![1]!;
     const slots = await node.exec('nft', ['list', 'map', 'ip', table, 'service-endpoints-tcp']);
-    const ours = [...slots.matchAll(new RegExp(`${vip.replaceAll('.', '\\.')} \\. 80 \\. \\d+ : \\S+ \\. \\d+`, 'g'))].map((m) => m[0]);
-    listing = `${await node.exec('nft', ['-a', 'list', 'chain', 'ip', table, chain])}\n${ours.join('\n')}`;
-    return { listing, identity: [...[...listing.matchAll(/# handle (\d+)/g)].map((m) => m[1]!), ...ours], counter: Number(/counter packets (\d+)/.exec(listing)?.[1] ?? 0) };
+    elements = [...slots.matchAll(new RegExp(`${at} \\. 80 \\. \\d+ : \\S+ \\. \\d+`, 'g'))].map((m) => m[0]);
+    listing = `${await node.exec('nft', ['-a', 'list', 'chain', 'ip', table, chain])}\n${elements.join('\n')}`;
   }
   const handles = [...listing.matchAll(/# handle (\d+)/g)].map((m) => m[1]!);
   const packets = [...listing.matchAll(/counter packets (\d+)/g)].reduce((n, m) => Math.max(n, Number(m[1])), 0);
-  return { listing, identity: handles, counter: packets };
+  return { listing, identity: [...handles, ...elements], counter: packets };
 }
 
 export async function agentScenario(t: ExecutionContext, mode: Mode): Promise<void> {
