@@ -50,8 +50,17 @@ export interface LocalCluster {
   build: ControlPlaneBuild;
   workDir: string;
   pki: ClusterPki;
+  /**
+   * Stops one component (SIGKILL by default, as a crash would) and waits for it to exit;
+   * for fault tests. The rest of the cluster keeps running.
+   */
+  stopComponent(component: ControlPlaneComponent, signal?: NodeJS.Signals): Promise<void>;
+  /** Starts a stopped component again with its original flags and waits until it is healthy. */
+  startComponent(component: ControlPlaneComponent): Promise<void>;
   stop(): Promise<void>;
 }
+
+export type ControlPlaneComponent = 'etcd' | 'kube-apiserver' | 'kube-controller-manager';
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -73,7 +82,7 @@ function hostAddresses(): string[] {
 }
 
 class ProcessGroup {
-  private readonly procs: { name: string; child: ChildProcess }[] = [];
+  private readonly procs: { name: string; child: ChildProcess; binary: string; args: string[] }[] = [];
   private readonly log = logger('local-cluster');
   private readonly logDir: string;
   constructor(logDir: string) {
@@ -81,15 +90,36 @@ class ProcessGroup {
   }
 
   start(name: string, binary: string, args: string[]): ChildProcess {
-    const out = createWriteStream(path.join(this.logDir, `${name}.log`));
+    const out = createWriteStream(path.join(this.logDir, `${name}.log`), { flags: 'a' });
     // setpriv --pdeathsig: the child dies with us even when we are SIGKILLed, so a
     // crashed test run never leaves an API server behind.
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', binary, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout.pipe(out);
     child.stderr.pipe(out);
     child.on('exit', (code, signal) => this.log.debug('process exited', { name, code, signal }));
-    this.procs.push({ name, child });
+    const previous = this.procs.findIndex((p) => p.name === name);
+    if (previous >= 0) this.procs.splice(previous, 1);
+    this.procs.push({ name, child, binary, args });
     return child;
+  }
+
+  /** Sends `signal` to the named process and waits until it has exited. */
+  async stop(name: string, signal: NodeJS.Signals): Promise<void> {
+    const proc = this.procs.find((p) => p.name === name);
+    if (!proc) throw new Error(`no process named ${name}`);
+    const { child } = proc;
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill(signal);
+    await exited;
+  }
+
+  /** Starts the named process again with the arguments it was first started with. */
+  restart(name: string): ChildProcess {
+    const proc = this.procs.find((p) => p.name === name);
+    if (!proc) throw new Error(`no process named ${name}`);
+    if (proc.child.exitCode === null && proc.child.signalCode === null) throw new Error(`${name} is still running`);
+    return this.start(name, proc.binary, proc.args);
   }
 
   async logTail(name: string, lines = 30): Promise<string> {
@@ -192,7 +222,8 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
       '--unsafe-no-fsync',
       '--log-level=warn',
     ]);
-    await waitFor('etcd', () => httpOk(`${etcdUrl}/health`), 30_000, exitedEarly('etcd', etcd));
+    const etcdHealthy = (): Promise<boolean> => httpOk(`${etcdUrl}/health`);
+    await waitFor('etcd', etcdHealthy, 30_000, exitedEarly('etcd', etcd));
 
     const advertise = hostIPs.find((a) => net.isIPv4(a));
     const apiserver = procs.start('kube-apiserver', bin('kube-apiserver'), [
@@ -221,7 +252,8 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     ]);
     const server = `https://127.0.0.1:${apiPort}`;
     const tls = { ca: pki.caPem, cert: pki.admin.cert, key: pki.admin.key };
-    await waitFor('kube-apiserver', () => httpOk(`${server}/readyz`, tls), 90_000, exitedEarly('kube-apiserver', apiserver));
+    const apiserverReady = (): Promise<boolean> => httpOk(`${server}/readyz`, tls);
+    await waitFor('kube-apiserver', apiserverReady, 90_000, exitedEarly('kube-apiserver', apiserver));
 
     const kubeconfig = path.join(workDir, 'kubeconfig');
     const adminYaml = kubeconfigYaml(server, pki.caPem, 'extbackend-admin', pki.admin);
@@ -248,10 +280,18 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
       '--concurrent-namespace-syncs=10',
       '--v=1',
     ]);
-    await waitFor('kube-controller-manager', () => httpOk(`https://127.0.0.1:${kcmPort}/healthz`, { ca: pki.caPem, rejectUnauthorized: false }), 60_000, exitedEarly('kube-controller-manager', kcm));
+    const kcmHealthy = (): Promise<boolean> => httpOk(`https://127.0.0.1:${kcmPort}/healthz`, { ca: pki.caPem, rejectUnauthorized: false });
+    await waitFor('kube-controller-manager', kcmHealthy, 60_000, exitedEarly('kube-controller-manager', kcm));
+
+    const healthy: Record<ControlPlaneComponent, () => Promise<boolean>> = { etcd: etcdHealthy, 'kube-apiserver': apiserverReady, 'kube-controller-manager': kcmHealthy };
+    const stopComponent = (component: ControlPlaneComponent, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> => procs.stop(component, signal);
+    const startComponent = async (component: ControlPlaneComponent): Promise<void> => {
+      const child = procs.restart(component);
+      await waitFor(component, healthy[component], 90_000, exitedEarly(component, child));
+    };
 
     log.info('local control plane ready', { server, version: build.kubernetesVersion, seconds: ((Date.now() - started) / 1000).toFixed(1) });
-    return { kubeconfig, kubeconfigYaml: adminYaml, server, apiserverPort: apiPort, version: build.kubernetesVersion, build, workDir, pki, stop };
+    return { kubeconfig, kubeconfigYaml: adminYaml, server, apiserverPort: apiPort, version: build.kubernetesVersion, build, workDir, pki, stopComponent, startComponent, stop };
   } catch (err) {
     await stop();
     throw err;
