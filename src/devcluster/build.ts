@@ -13,7 +13,7 @@ import { logger } from '../log.ts';
 const run = promisify(execFile);
 
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..', '..');
-const MODULE_DIR = path.join(REPO_ROOT, 'controlplane');
+export const CONTROLPLANE_MODULE_DIR = path.join(REPO_ROOT, 'controlplane');
 
 /** Binary name -> Go package that builds it. */
 const PACKAGES: Record<string, string> = {
@@ -42,6 +42,49 @@ export function cacheRoot(): string {
   return path.resolve(base);
 }
 
+/**
+ * Runs `build` for a cache entry unless it is complete, or another live process is
+ * building it already (parallel test runs, a second checkout): then waits for that one.
+ */
+export async function buildOnce(entry: string, build: () => Promise<void>): Promise<void> {
+  const lock = `${entry}.lock`;
+  await mkdir(path.dirname(entry), { recursive: true });
+  let waiting = false;
+  for (;;) {
+    if (existsSync(path.join(entry, 'complete'))) return;
+    try {
+      await mkdir(lock);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const owner = Number((await readFile(path.join(lock, 'pid'), 'utf8').catch(() => '')).trim());
+      if (owner && isAlive(owner)) {
+        if (!waiting) logger('build').info('another process is building this; waiting for it', { entry, pid: owner });
+        waiting = true;
+        await new Promise((r) => setTimeout(r, 2000));
+      } else {
+        await rm(lock, { recursive: true, force: true });
+      }
+      continue;
+    }
+    try {
+      await writeFile(path.join(lock, 'pid'), `${process.pid}\n`);
+      await build();
+    } finally {
+      await rm(lock, { recursive: true, force: true });
+    }
+    return;
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The versions pinned in controlplane/go.mod. */
 export function pinnedVersions(goMod: string): { kubernetes: string; etcd: string } {
   const find = (module: string): string => {
@@ -66,7 +109,7 @@ function binaries(binDir: string): (name: ControlPlaneBinary) => string {
   return (name) => path.join(binDir, name);
 }
 
-async function goCommand(): Promise<string> {
+export async function goCommand(): Promise<string> {
   const candidates = ['go', '/usr/local/go/bin/go'];
   for (const go of candidates) {
     try {
@@ -92,9 +135,9 @@ async function goCommand(): Promise<string> {
 }
 
 /** Commit of the Kubernetes release, when the module proxy recorded one. */
-async function kubernetesCommit(go: string, version: string): Promise<string> {
+export async function kubernetesCommit(go: string, version: string): Promise<string> {
   try {
-    const { stdout } = await run(go, ['mod', 'download', '-json', `k8s.io/kubernetes@${version}`], { cwd: MODULE_DIR, env: goEnv() });
+    const { stdout } = await run(go, ['mod', 'download', '-json', `k8s.io/kubernetes@${version}`], { cwd: CONTROLPLANE_MODULE_DIR, env: goEnv() });
     const info = JSON.parse(stdout) as { Origin?: { Hash?: string } };
     return info.Origin?.Hash ?? 'unknown';
   } catch {
@@ -102,7 +145,7 @@ async function kubernetesCommit(go: string, version: string): Promise<string> {
   }
 }
 
-function goEnv(): NodeJS.ProcessEnv {
+export function goEnv(): NodeJS.ProcessEnv {
   return { ...process.env, GOTOOLCHAIN: 'local', CGO_ENABLED: '0', GOFLAGS: '-mod=mod' };
 }
 
@@ -112,8 +155,8 @@ function goEnv(): NodeJS.ProcessEnv {
  * overrides with a directory of prebuilt binaries.
  */
 export async function ensureControlPlane(): Promise<ControlPlaneBuild> {
-  const goMod = await readFile(path.join(MODULE_DIR, 'go.mod'), 'utf8');
-  const goSum = await readFile(path.join(MODULE_DIR, 'go.sum'), 'utf8');
+  const goMod = await readFile(path.join(CONTROLPLANE_MODULE_DIR, 'go.mod'), 'utf8');
+  const goSum = await readFile(path.join(CONTROLPLANE_MODULE_DIR, 'go.sum'), 'utf8');
   const versions = pinnedVersions(goMod);
   const prebuilt = process.env.EXTBACKEND_CONTROLPLANE_BIN;
   if (prebuilt) {
@@ -127,8 +170,11 @@ export async function ensureControlPlane(): Promise<ControlPlaneBuild> {
   const entry = path.join(cacheRoot(), 'controlplane', `k8s-${versions.kubernetes}-etcd-${versions.etcd}-${digest}`);
   const binDir = path.join(entry, 'bin');
   const result = { kubernetesVersion: versions.kubernetes, etcdVersion: versions.etcd, binDir, bin: binaries(binDir) };
-  if (existsSync(path.join(entry, 'complete'))) return result;
+  await buildOnce(entry, () => buildControlPlane(entry, versions));
+  return result;
+}
 
+async function buildControlPlane(entry: string, versions: { kubernetes: string; etcd: string }): Promise<void> {
   const log = logger('controlplane-build');
   const go = await goCommand();
   log.info('building the local control plane (first time only; cached afterwards)', { into: entry, kubernetes: versions.kubernetes, etcd: versions.etcd });
@@ -140,7 +186,7 @@ export async function ensureControlPlane(): Promise<ControlPlaneBuild> {
   const ldflags = ['-s', '-w', ...versionLdflags(versions.kubernetes, commit, new Date().toISOString().replace(/\.\d+Z$/, 'Z'))];
   try {
     await run(go, ['build', '-trimpath', `-ldflags=${ldflags.join(' ')}`, '-o', path.join(staging, 'bin') + '/', ...Object.values(PACKAGES)], {
-      cwd: MODULE_DIR,
+      cwd: CONTROLPLANE_MODULE_DIR,
       env: goEnv(),
       maxBuffer: 64 * 1024 * 1024,
     });
@@ -155,6 +201,5 @@ export async function ensureControlPlane(): Promise<ControlPlaneBuild> {
   await writeFile(path.join(staging, 'complete'), JSON.stringify({ ...versions, commit, seconds }) + '\n');
   await rm(entry, { recursive: true, force: true });
   await rename(staging, entry);
-  log.info('control plane built', { seconds, binDir });
-  return result;
+  log.info('control plane built', { seconds, binDir: path.join(entry, 'bin') });
 }
