@@ -8,17 +8,20 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT, ensureControlPlane } from '../devcluster/build.ts';
 import { clusterAnswers, startLocalCluster } from '../devcluster/cluster.ts';
+import { ensureNodeBinaries } from '../devcluster/node-build.ts';
 import { logger } from '../log.ts';
-import { UsageError, type ParsedArgs, stringFlag } from './args.ts';
+import { UsageError, intFlag, type ParsedArgs, stringFlag } from './args.ts';
 import { untilSignal } from './signals.ts';
 
 export const clusterFlags = {
-  'state-dir': { type: 'string', help: 'where `up` writes kubeconfig, pid and log', default: path.join(REPO_ROOT, '.cluster') },
+  'state-dir': { type: 'string', help: 'where `up` writes kubeconfig, nodes.json, pid and log', default: path.join(REPO_ROOT, '.cluster') },
+  nodes: { type: 'string', help: 'real nodes to add (kubelet + containerd in network namespaces, running the image built here; needs root)', default: '0' },
 } as const;
 
 const files = (stateDir: string) => ({
   kubeconfig: path.join(stateDir, 'kubeconfig'),
   pid: path.join(stateDir, 'cluster.pid'),
+  nodes: path.join(stateDir, 'nodes.json'),
   log: path.join(stateDir, 'cluster.log'),
 });
 
@@ -37,23 +40,25 @@ async function readPid(file: string): Promise<number | undefined> {
   return Number.isInteger(pid) && pid > 0 && alive(pid) ? pid : undefined;
 }
 
-async function runForeground(stateDir: string): Promise<void> {
+async function runForeground(stateDir: string, nodes: number): Promise<void> {
   const f = files(stateDir);
   await mkdir(stateDir, { recursive: true });
-  const cluster = await startLocalCluster();
+  const cluster = await startLocalCluster({ nodes });
   try {
     await copyFile(cluster.kubeconfig, f.kubeconfig);
+    if (nodes) await writeFile(f.nodes, JSON.stringify(cluster.nodes, null, 2) + '\n');
     await writeFile(f.pid, `${process.pid}\n`);
     logger().info('cluster running; stop with `npm run cluster:down` or Ctrl-C', { kubeconfig: f.kubeconfig, version: cluster.version });
     await untilSignal();
   } finally {
     await cluster.stop();
     await rm(f.kubeconfig, { force: true });
+    await rm(f.nodes, { force: true });
     await rm(f.pid, { force: true });
   }
 }
 
-async function up(stateDir: string): Promise<void> {
+async function up(stateDir: string, nodes: number): Promise<void> {
   const f = files(stateDir);
   if ((await readPid(f.pid)) && (await clusterAnswers(f.kubeconfig))) {
     process.stdout.write(`already running: ${f.kubeconfig}\n`);
@@ -62,7 +67,7 @@ async function up(stateDir: string): Promise<void> {
   await mkdir(stateDir, { recursive: true });
   await rm(f.kubeconfig, { force: true });
   const logFd = openSync(f.log, 'w');
-  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'bin', 'extbackend.js'), 'cluster', 'run', `--state-dir=${stateDir}`], {
+  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'bin', 'extbackend.js'), 'cluster', 'run', `--state-dir=${stateDir}`, `--nodes=${nodes}`], {
     detached: true,
     stdio: ['ignore', logFd, logFd],
     env: { ...process.env, EXTBACKEND_LOG_FORMAT: 'text' },
@@ -105,17 +110,19 @@ async function down(stateDir: string): Promise<void> {
 
 export async function clusterCommand(args: ParsedArgs): Promise<void> {
   const stateDir = path.resolve(stringFlag(args, 'state-dir')!);
+  const nodes = intFlag(args, 'nodes', 0, 8) ?? 0;
   const sub = args.positionals[0];
   switch (sub) {
     case 'build': {
       const build = await ensureControlPlane();
       process.stdout.write(`${build.binDir}\n`);
+      if (nodes) process.stdout.write(`${(await ensureNodeBinaries()).binDir}\n`);
       return;
     }
     case 'run':
-      return runForeground(stateDir);
+      return runForeground(stateDir, nodes);
     case 'up':
-      return up(stateDir);
+      return up(stateDir, nodes);
     case 'down':
       return down(stateDir);
     case 'status': {

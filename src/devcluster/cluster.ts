@@ -1,7 +1,8 @@
 // A real, throwaway Kubernetes control plane on this machine: etcd, kube-apiserver and
 // kube-controller-manager on free ports with fresh credentials. Used by the tests and
-// by `npm start` when no cluster is configured. No kubelet, no scheduler: nothing here
-// runs pods, which our tests never need.
+// by `npm start` when no cluster is configured. With `nodes`, also kube-scheduler,
+// cluster DNS and that many real nodes (kubelet + containerd in network namespaces,
+// see nodes.ts) that run the project's image as users run it.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -13,7 +14,11 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { logger } from '../log.ts';
 import { ensureControlPlane, type ControlPlaneBinary, type ControlPlaneBuild } from './build.ts';
-import { createPki, kubeconfigYaml, type ClusterPki } from './pki.ts';
+import { kubeDnsManifest, corefile, waitForClusterDns } from './cluster-dns.ts';
+import { ensureNodeBinaries } from './node-build.ts';
+import { createNodeNetwork, removeAbandonedNodeNetwork, ROUTER_NS, type NodeNetwork } from './node-network.ts';
+import { cleanUpNode, readKubeletSysctls, startNode, type LocalNode, type NodeImages, type NodeState, type RunningNode } from './nodes.ts';
+import { createPki, issueCertificate, kubeconfigYaml, type ClusterPki } from './pki.ts';
 
 // Dual-stack: Services that ask for it (the operator's prefer both families) get an IPv6 cluster IP too.
 export const SERVICE_CIDR = '10.96.0.0/16,fd00:10:96::/112';
@@ -22,7 +27,7 @@ export const POD_CIDR = '10.244.0.0/16';
 // Controllers whose behaviour our objects depend on: ownerReference GC, namespace
 // deletion, EndpointSlice mirroring (so `skip-mirror` is really tested), the
 // EndpointSlice controller, service accounts and their tokens.
-const CONTROLLERS = [
+const CONTROLLERS_WITHOUT_NODES = [
   'garbage-collector-controller',
   'namespace-controller',
   'endpointslice-controller',
@@ -34,11 +39,28 @@ const CONTROLLERS = [
   'service-cidr-controller',
 ];
 
+// With nodes, what makes workloads run: Deployments and DaemonSets become pods, nodes get
+// pod CIDRs, and unreachable nodes are noticed.
+const CONTROLLERS_FOR_NODES = [
+  'deployment-controller',
+  'replicaset-controller',
+  'daemonset-controller',
+  'node-ipam-controller',
+  'node-lifecycle-controller',
+  'pod-garbage-collector-controller',
+  'taint-eviction-controller',
+  'ttl-controller',
+];
+
 export interface LocalClusterOptions {
   /** Extra IPs or names the API server certificate must cover (e.g. a veth address). */
   extraSANs?: string[];
   /** Where process logs and state go; a fresh temp dir by default (removed on stop). */
   workDir?: string;
+  /** Real nodes to add (kubelet, containerd, kube-proxy; plus kube-scheduler and cluster DNS). */
+  nodes?: number;
+  /** Images every node's containerd gets (needed with nodes: at least the sandbox image). */
+  images?: NodeImages;
 }
 
 export interface LocalCluster {
@@ -50,6 +72,9 @@ export interface LocalCluster {
   build: ControlPlaneBuild;
   workDir: string;
   pki: ClusterPki;
+  /** The real nodes (empty without `nodes`), their network for attaching outside hosts. */
+  nodes: LocalNode[];
+  nodeNetwork?: NodeNetwork;
   /**
    * Stops one component (SIGKILL by default, as a crash would) and waits for it to exit;
    * for fault tests. The rest of the cluster keeps running.
@@ -179,9 +204,15 @@ async function removeAbandonedWorkDirs(): Promise<void> {
     try {
       process.kill(owner, 0);
     } catch {
+      // Its nodes' containers, mounts and cgroups outlive it (shims are daemons by design).
+      for (const node of await readdir(path.join(dir, 'nodes')).catch(() => [] as string[])) {
+        const state = await readFile(path.join(dir, 'nodes', node, 'state.json'), 'utf8').catch(() => '');
+        if (state) await cleanUpNode(JSON.parse(state) as NodeState);
+      }
       await rm(dir, { recursive: true, force: true });
     }
   }
+  await removeAbandonedNodeNetwork();
 }
 
 export async function startLocalCluster(options: LocalClusterOptions = {}): Promise<LocalCluster> {
@@ -195,18 +226,26 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   await Promise.all(Object.values(dirs).map((d) => mkdir(d, { recursive: true })));
   const procs = new ProcessGroup(dirs.logs);
   const bin = (b: ControlPlaneBinary): string => build.bin(b);
+  const nodeCount = options.nodes ?? 0;
+  if (nodeCount > 0 && !options.images) throw new Error('local nodes need images (at least the sandbox image)');
+  const runningNodes: RunningNode[] = [];
+  let network: NodeNetwork | undefined;
   const exitedEarly = (name: string, child: ChildProcess) => async (): Promise<string | undefined> =>
     child.exitCode !== null || child.signalCode !== null ? `${name} exited (${child.exitCode ?? child.signalCode}):\n${await procs.logTail(name)}` : undefined;
 
   const stop = async (): Promise<void> => {
+    for (const n of runningNodes.reverse()) await n.stop().catch((err: Error) => log.warn('stopping a node failed', { node: n.node.name, error: err.message }));
     await procs.stopAll();
+    await network?.remove();
     if (removeWorkDir) await rm(workDir, { recursive: true, force: true });
   };
 
   try {
     const started = Date.now();
+    const nodeBuild = nodeCount > 0 ? await ensureNodeBinaries() : undefined;
+    if (nodeCount > 0) network = await createNodeNetwork(POD_CIDR);
     const [etcdClient, etcdPeer, apiPort] = [await freePort(), await freePort(), await freePort()];
-    const hostIPs = hostAddresses();
+    const hostIPs = [...hostAddresses(), ...(network ? [network.hostIP] : [])];
     const pki = await createPki(dirs.pki, ['localhost', 'kubernetes', 'kubernetes.default', 'kubernetes.default.svc', '127.0.0.1', '10.96.0.1', ...hostIPs, ...(options.extraSANs ?? [])]);
 
     const etcdUrl = `http://127.0.0.1:${etcdClient}`;
@@ -225,7 +264,18 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     const etcdHealthy = (): Promise<boolean> => httpOk(`${etcdUrl}/health`);
     await waitFor('etcd', etcdHealthy, 30_000, exitedEarly('etcd', etcd));
 
-    const advertise = hostIPs.find((a) => net.isIPv4(a));
+    // Pods reach the API server through the kubernetes Service: with nodes, at the host's end of their network.
+    const advertise = network?.hostIP ?? hostIPs.find((a) => net.isIPv4(a));
+    if (network) await issueCertificate(dirs.pki, 'apiserver-kubelet-client', '/O=system:masters/CN=kube-apiserver-kubelet-client', 'client');
+    const kubeletClientFlags = network
+      ? [
+          // kubectl logs/exec: the API server dials the node's InternalIP; resolving node names would ask the machine's resolver.
+          '--kubelet-preferred-address-types=InternalIP',
+          `--kubelet-certificate-authority=${pki.caCert}`,
+          `--kubelet-client-certificate=${path.join(dirs.pki, 'apiserver-kubelet-client.crt')}`,
+          `--kubelet-client-key=${path.join(dirs.pki, 'apiserver-kubelet-client.key')}`,
+        ]
+      : [];
     const apiserver = procs.start('kube-apiserver', bin('kube-apiserver'), [
       `--etcd-servers=${etcdUrl}`,
       // All host addresses: node agents in network namespaces reach it over a veth.
@@ -248,6 +298,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
       '--authorization-mode=Node,RBAC',
       '--allow-privileged=true',
       '--endpoint-reconciler-type=lease',
+      ...kubeletClientFlags,
       '--v=1',
     ]);
     const server = `https://127.0.0.1:${apiPort}`;
@@ -268,7 +319,8 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
       `--authorization-kubeconfig=${kcmKubeconfig}`,
       '--bind-address=127.0.0.1',
       `--secure-port=${kcmPort}`,
-      `--controllers=${CONTROLLERS.join(',')}`,
+      `--controllers=${[...CONTROLLERS_WITHOUT_NODES, ...(network ? CONTROLLERS_FOR_NODES : [])].join(',')}`,
+      ...(network ? ['--allocate-node-cidrs=true', '--node-cidr-mask-size=24', '--node-monitor-grace-period=20s'] : []),
       `--service-account-private-key-file=${pki.serviceAccountKey}`,
       `--root-ca-file=${pki.caCert}`,
       '--use-service-account-credentials=true',
@@ -290,12 +342,121 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
       await waitFor(component, healthy[component], 90_000, exitedEarly(component, child));
     };
 
+    const kubectlApply = async (manifest: string): Promise<void> => {
+      await runKubectl(bin('kubectl'), ['--kubeconfig', kubeconfig, 'apply', '-f', '-'], manifest);
+    };
+    if (network && nodeBuild && options.images) {
+      await issueCertificate(dirs.pki, 'scheduler', '/CN=system:kube-scheduler', 'client');
+      const schedulerKubeconfig = path.join(dirs.pki, 'scheduler.kubeconfig');
+      await writeFile(schedulerKubeconfig, kubeconfigYaml(server, pki.caPem, 'system:kube-scheduler', { cert: await readFile(path.join(dirs.pki, 'scheduler.crt'), 'utf8'), key: await readFile(path.join(dirs.pki, 'scheduler.key'), 'utf8') }), { mode: 0o600 });
+      const schedulerPort = await freePort();
+      const scheduler = procs.start('kube-scheduler', nodeBuild.bin('kube-scheduler'), [
+        `--kubeconfig=${schedulerKubeconfig}`,
+        `--authentication-kubeconfig=${schedulerKubeconfig}`,
+        `--authorization-kubeconfig=${schedulerKubeconfig}`,
+        '--bind-address=127.0.0.1',
+        `--secure-port=${schedulerPort}`,
+        '--leader-elect=false',
+        '--v=1',
+      ]);
+      await waitFor('kube-scheduler', () => httpOk(`https://127.0.0.1:${schedulerPort}/healthz`, { rejectUnauthorized: false }), 60_000, exitedEarly('kube-scheduler', scheduler));
+
+      // CoreDNS in the router namespace, reaching the API server over the host link.
+      const dnsKubeconfig = path.join(dirs.pki, 'coredns.kubeconfig');
+      await writeFile(dnsKubeconfig, adminYaml.replace(server, `https://${network.hostIP}:${apiPort}`), { mode: 0o600 });
+      const corefilePath = path.join(workDir, 'Corefile');
+      await writeFile(corefilePath, corefile(network.routerIP, dnsKubeconfig));
+      const coredns = procs.start('coredns', 'nsenter', [`--net=/run/netns/${ROUTER_NS}`, '--', nodeBuild.bin('coredns'), '-conf', corefilePath]);
+      await waitForClusterDns(network.routerIP, coredns);
+      await kubectlApply(kubeDnsManifest(network.routerIP));
+
+      const sysctls = readKubeletSysctls();
+      const nodeServer = `https://${network.hostIP}:${apiPort}`;
+      for (let index = 0; index < nodeCount; index++) {
+        runningNodes.push(
+          await startNode({
+            index,
+            workDir,
+            server: nodeServer,
+            pki,
+            build: nodeBuild,
+            kubeProxy: bin('kube-proxy'),
+            network,
+            images: options.images,
+            clusterCIDR: POD_CIDR,
+            clusterId: path.basename(workDir).replace(WORK_DIR_PREFIX, ''),
+            sysctls,
+            logDir: dirs.logs,
+          }),
+        );
+      }
+      await waitForNodes(bin('kubectl'), kubeconfig, runningNodes);
+      await writeFile(path.join(workDir, 'nodes.json'), JSON.stringify(runningNodes.map((n) => n.node), null, 2) + '\n');
+    }
+
     log.info('local control plane ready', { server, version: build.kubernetesVersion, seconds: ((Date.now() - started) / 1000).toFixed(1) });
-    return { kubeconfig, kubeconfigYaml: adminYaml, server, apiserverPort: apiPort, version: build.kubernetesVersion, build, workDir, pki, stopComponent, startComponent, stop };
+    return {
+      kubeconfig,
+      kubeconfigYaml: adminYaml,
+      server,
+      apiserverPort: apiPort,
+      version: build.kubernetesVersion,
+      build,
+      workDir,
+      pki,
+      nodes: runningNodes.map((n) => n.node),
+      ...(network ? { nodeNetwork: network } : {}),
+      stopComponent,
+      startComponent,
+      stop,
+    };
   } catch (err) {
     await stop();
     throw err;
   }
+}
+
+async function runKubectl(kubectl: string, args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(kubectl, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`kubectl ${args.join(' ')}: ${err.trim()}`))));
+    child.stdin.end(input ?? '');
+  });
+}
+
+/** Waits for every node to register, gives each its CNI configuration for the pod CIDR it was allocated, then waits for Ready. */
+async function waitForNodes(kubectl: string, kubeconfig: string, nodes: RunningNode[]): Promise<void> {
+  interface NodeView {
+    metadata: { name: string };
+    spec?: { podCIDR?: string };
+    status?: { conditions?: { type: string; status: string; message?: string }[] };
+  }
+  const list = async (): Promise<NodeView[]> => (JSON.parse(await runKubectl(kubectl, ['--kubeconfig', kubeconfig, 'get', 'nodes', '-o', 'json'])) as { items: NodeView[] }).items;
+  const pending = new Set(nodes.map((n) => n.node.name));
+  let last: NodeView[] = [];
+  await waitFor('nodes to register and get pod CIDRs', async () => {
+    last = await list();
+    for (const view of last) {
+      const running = nodes.find((n) => n.node.name === view.metadata.name);
+      if (running && view.spec?.podCIDR && pending.has(view.metadata.name)) {
+        await running.setPodCIDR(view.spec.podCIDR);
+        pending.delete(view.metadata.name);
+      }
+    }
+    return pending.size === 0;
+  }, 120_000);
+  await waitFor('nodes to become Ready', async () => {
+    last = await list();
+    return nodes.every((n) => last.find((v) => v.metadata.name === n.node.name)?.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'));
+  }, 120_000).catch((err: Error) => {
+    const why = last.map((v) => `${v.metadata.name}: ${v.status?.conditions?.find((c) => c.type === 'Ready')?.message ?? 'no Ready condition'}`).join('; ');
+    throw new Error(`${err.message} (${why})`);
+  });
 }
 
 /** True when the file exists and names an API server that answers /readyz. */
