@@ -226,6 +226,9 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       synced = true;
       log.info('caches synced; programming the node', { node: o.nodeName, mode: o.mode });
       runner.start();
+      // Only once this mode's rules carry the traffic do the other modes' go, so switching modes drops nothing.
+      await Promise.race([firstSync, new Promise((r) => o.signal.addEventListener('abort', r, { once: true }))]);
+      if (!o.signal.aborted) await removeOtherModes(o.mode, log);
       await new Promise((r) => o.signal.addEventListener('abort', r, { once: true }));
     }
     // The rules stay: a restarting agent must not break connections (use --cleanup to remove them).
@@ -291,6 +294,31 @@ function dataPlane(o: AgentOptions, log: Logger): DataPlane {
       return { written: r.written, rules: chains.reduce((n, c) => n + c.rules.length, 0) };
     },
   };
+}
+
+/**
+ * Removes what the agent made in the other proxy modes (a DaemonSet switched from
+ * iptables to nftables, say), as kube-proxy does at start; never anything not ours.
+ * iptables chains of iptables mode need no step in IPVS mode: its own iptables chains
+ * replace them as stale chains of ours.
+ */
+export async function removeOtherModes(mode: ProxyMode, log: Logger): Promise<void> {
+  const removed: Record<string, number> = {};
+  const attempt = async (what: string, step: () => Promise<number | boolean>): Promise<void> => {
+    try {
+      const n = Number(await step());
+      if (n) removed[what] = (removed[what] ?? 0) + n;
+    } catch (err) {
+      log.warn('could not remove another proxy mode\'s leftovers', { what, error: (err as Error).message });
+    }
+  };
+  for (const family of [4, 6] as const) {
+    if (mode === 'nftables') await attempt('iptables hooks and chains', () => new IptablesApplier(family).cleanup());
+    if (mode !== 'nftables') await attempt('nftables tables', () => new NftablesApplier(family === 4 ? 'ip' : 'ip6').cleanup());
+    if (mode !== 'ipvs') await attempt('IPVS virtual servers', () => new IpvsApplier(family).cleanup());
+  }
+  if (mode !== 'ipvs') await attempt('IPVS dummy interface', () => removeDummyInterface());
+  if (Object.keys(removed).length) log.info('removed other proxy modes\' leftovers', { mode, removed });
 }
 
 /** `extbackend agent --cleanup`: removes every hook, chain, table and rule the agent created, in any mode. */

@@ -1,6 +1,7 @@
 // `extbackend agent`: flags to AgentOptions; --cleanup removes everything and exits.
 import { cleanupAgent, startAgent, type ProxyMode } from '../agent/agent.ts';
 import { SCHEDULERS, type Scheduler } from '../agent/ipvs/plan.ts';
+import { initSysctls, ipvsLoaded, setSysctls } from '../agent/node-sysctls.ts';
 import { logger } from '../log.ts';
 import { KubeClient } from '../runtime/kube-client.ts';
 import { UsageError, boolFlag, durationFlag, listFlag, stringFlag, type FlagSpecs, type ParsedArgs } from './args.ts';
@@ -16,11 +17,17 @@ export const agentFlags: FlagSpecs = {
   'min-sync-period': { type: 'string', help: 'least time between syncs (bursts of changes collapse)', default: '1s' },
   'http-address': { type: 'string', help: 'where /healthz, /livez, /readyz and /metrics listen', default: ':10266' },
   cleanup: { type: 'boolean', help: 'remove every rule and chain the agent created, then exit' },
+  'init-only': { type: 'boolean', help: 'set the kernel settings the agent needs (forwarding; IPVS\'s when ip_vs is loaded), then exit; for a privileged init container' },
 };
 
 export async function agentCommand(args: ParsedArgs): Promise<void> {
   const log = logger('agent');
   if (boolFlag(args, 'cleanup')) return cleanupAgent(log);
+  if (boolFlag(args, 'init-only')) {
+    const changed = await setSysctls(initSysctls(ipvsLoaded()));
+    log.info(changed.length ? 'set kernel settings' : 'kernel settings were already as needed', { changed });
+    return;
+  }
   const nodeName = stringFlag(args, 'node-name') ?? process.env.NODE_NAME;
   if (!nodeName) throw new UsageError('agent: --node-name (or $NODE_NAME) is required');
   const mode = (stringFlag(args, 'proxy-mode') ?? process.env.EXTBACKEND_PROXY_MODE ?? 'iptables') as ProxyMode;

@@ -5,34 +5,19 @@
 // kernel, a partial one diffs against what we last wrote. Additions happen before
 // the virtual servers that need them, removals after, and a virtual server is recorded
 // as ours (owned set) before it is created, so a crash never leaves one we forget.
-import { existsSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
 import { runTool } from '../../net/system-command.ts';
 import { IptablesApplier } from '../iptables/apply.ts';
+import { IPVS_SYSCTLS, ipvsLoaded, setSysctls } from '../node-sysctls.ts';
 import type { L4, ProxyModel } from '../model.ts';
 import { afterApply, diffIpvs, parseIpvsSave, type KernelVirtualServer } from './diff.ts';
 import { DUMMY_INTERFACE, IpvsPlanner, ipsetNames, serviceKey, type IpvsPlan, type Scheduler, type VirtualServer } from './plan.ts';
 
 const exec = runTool;
 
-// What kube-proxy's IPVS mode sets too: NAT for IPVS connections (for masquerade),
-// and connections to a removed real server end instead of hanging.
-const SYSCTLS: Record<string, string> = {
-  '/proc/sys/net/ipv4/vs/conntrack': '1',
-  '/proc/sys/net/ipv4/vs/expire_nodest_conn': '1',
-  '/proc/sys/net/ipv4/vs/expire_quiescent_template': '1',
-};
-
 /** Makes the kernel ready for IPVS mode; one call serves both families. */
 export async function prepareIpvsNode(): Promise<void> {
-  if (!existsSync('/proc/sys/net/ipv4/vs')) throw new Error('IPVS is not available in this kernel: load the ip_vs module (modprobe ip_vs) or use --proxy-mode iptables|nftables');
-  for (const [file, value] of Object.entries(SYSCTLS)) {
-    if ((await readFile(file, 'utf8')).trim() === value) continue;
-    // In the DaemonSet /proc/sys is read-only; its init container sets these.
-    await writeFile(file, value).catch((err: Error) => {
-      throw new Error(`IPVS mode needs ${file.slice('/proc/sys/'.length).replaceAll('/', '.')}=${value} and it cannot be set here (${err.message})`);
-    });
-  }
+  if (!ipvsLoaded()) throw new Error('IPVS is not available in this kernel: load the ip_vs module (modprobe ip_vs) or use --proxy-mode iptables|nftables');
+  await setSysctls(IPVS_SYSCTLS);
   const links = await exec('ip', ['-o', 'link', 'show', 'dev', DUMMY_INTERFACE]).catch(() => '');
   if (!links.includes(DUMMY_INTERFACE)) await exec('ip', ['link', 'add', DUMMY_INTERFACE, 'type', 'dummy']);
 }
@@ -145,7 +130,7 @@ export class IpvsApplier {
 
   /** Deletes our virtual servers and sets for this family (`--cleanup`; iptables rules go first). */
   async cleanup(): Promise<number> {
-    if (!existsSync('/proc/sys/net/ipv4/vs')) return 0;
+    if (!ipvsLoaded()) return 0;
     const saved = await exec('ipset', ['list', this.sets.owned, '-o', 'save']).catch(() => '');
     const current = parseIpvsSave(await exec('ipvsadm-save', ['-n']));
     const ours = [...saved.matchAll(new RegExp(`^add ${this.sets.owned} (\\S+)`, 'gm'))].map((m) => memberToKey(m[1]!)).filter((k) => k !== undefined && current.has(k));
