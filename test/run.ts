@@ -7,6 +7,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import path from 'node:path';
 import { REPO_ROOT } from '../src/devcluster/build.ts';
 import { startLocalCluster, type LocalCluster } from '../src/devcluster/cluster.ts';
+import { ensureImage, ensurePauseImage } from '../src/devcluster/image.ts';
 import { runGuestSuite } from './guest/run-suite.ts';
 
 const avaCli = path.join(REPO_ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.js');
@@ -52,6 +53,13 @@ async function runHostTests(cluster: LocalCluster): Promise<Counts> {
   process.off('SIGTERM', forward);
   const count = (what: string): number => Number(new RegExp(`(\\d+) tests? ${what}`).exec(report)?.[1] ?? 0);
   return { passed, failed: count('failed') + count('known failure'), skipped: count('skipped'), exitCode };
+}
+
+// The image tests unpack the images built here. A cold build takes minutes, longer than
+// ava's timeout, so it happens first; with a warm cache this only hashes the inputs.
+if (!ipvsOnly && (!namesHostFiles || args.some((a) => /\bimage\b/.test(a)))) {
+  await ensureImage();
+  await ensurePauseImage();
 }
 
 const cluster = await startLocalCluster();
