@@ -38,23 +38,25 @@ RUN --mount=type=secret,id=build-ca \
 COPY image/collect-rootfs.sh /build/
 RUN /build/collect-rootfs.sh /rootfs /opt/node/bin/node
 
-# The application, readable by the image's user whatever the checkout's umask was.
+# The application, readable by the image's user whatever the checkout's umask was
+# (src/ last: it is what changes).
+COPY package.json /out/app/
 COPY bin /out/app/bin
 COPY src /out/app/src
-COPY package.json /out/app/
 RUN chmod -R a+rX,go-w /out/app
 
 # --- runtime: no shell, no package manager ----------------------------------------------
 FROM scratch
+# The settings come first, so an edit to the application rebuilds only the last step.
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+LABEL org.opencontainers.image.title="extbackend" \
+      org.opencontainers.image.description="ExternalBackend operator and node agent" \
+      org.opencontainers.image.licenses="Apache-2.0"
+WORKDIR /app
+# Non-root by default (the operator); the agent's DaemonSet runs it as root with NET_ADMIN.
+USER 65532:65532
+ENTRYPOINT ["node", "--disable-warning=ExperimentalWarning", "/app/bin/extbackend.js"]
 COPY --from=build /rootfs/ /
 COPY --from=build /opt/node/bin/node /usr/local/bin/node
 COPY --from=build /app/node_modules /app/node_modules
 COPY --from=build /out/app/ /app/
-ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-WORKDIR /app
-LABEL org.opencontainers.image.title="extbackend" \
-      org.opencontainers.image.description="ExternalBackend operator and node agent" \
-      org.opencontainers.image.licenses="Apache-2.0"
-# Non-root by default (the operator); the agent's DaemonSet runs it as root with NET_ADMIN.
-USER 65532:65532
-ENTRYPOINT ["node", "--disable-warning=ExperimentalWarning", "/app/bin/extbackend.js"]

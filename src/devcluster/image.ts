@@ -248,6 +248,7 @@ async function cachedImage(prefix: string, hash: string, name: string, build: (c
   try {
     const buildah = buildahIn(path.join(work, 'buildah-run'));
     const id = await build({ buildah, work, logFile, log });
+    const built = Date.now();
     const layout = path.join(work, 'layout');
     await buildah(['push', '--quiet', id, `oci:${layout}:${name}`], logFile);
     const described = await describeLayout(layout, name);
@@ -256,7 +257,7 @@ async function cachedImage(prefix: string, hash: string, name: string, build: (c
     await writeFile(path.join(staging, 'image.json'), JSON.stringify({ ...described, buildSeconds }, null, 2) + '\n');
     if (existsSync(path.join(entry, 'image.json'))) await rm(staging, { recursive: true, force: true }); // another process finished first
     else await rename(staging, entry);
-    log.info(`built ${name}`, { seconds: buildSeconds, digest: described.digest });
+    log.info(`built ${name}`, { seconds: buildSeconds, exportSeconds: Math.round((Date.now() - built) / 100) / 10, digest: described.digest });
     return readEntry(entry);
   } catch (err) {
     await rm(staging, { recursive: true, force: true });

@@ -122,12 +122,14 @@ test('the image runs the CLI through the shipped entrypoint, as user 65532', asy
   t.is(await inImageOk(config.User!, ['node', '-p', 'process.version']), `v${(await exec(process.execPath, ['-p', 'process.versions.node'])).stdout.trim()}\n`, 'the Node of package-lock.json');
 });
 
-test('every application file is readable by the image user', async (t) => {
+test('every application file is readable by the image user, and none writable', async (t) => {
   const { rootfs, config } = app;
   const files = (await readdir(path.join(rootfs, 'app'), { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).length;
   const script = "const fs = require('fs'); let n = 0; for (const f of fs.readdirSync('/app', { recursive: true })) { const p = '/app/' + f; if (fs.lstatSync(p).isFile()) { fs.readFileSync(p); n++; } } console.log(n);";
   t.is(Number(await inImageOk(config.User!, ['node', '-e', script])), files);
   t.true(files > 100, 'bin/, src/ and node_modules are there');
+  const write = "try { require('fs').writeFileSync('/app/src/x', ''); console.log('written'); } catch (err) { console.log(err.code); }";
+  t.is(await inImageOk(config.User!, ['node', '-e', write]), 'EACCES\n', 'nor writable by it');
 });
 
 test('the data-plane tools run as root: iptables in nft mode, nft, ipset, ipvsadm, ip, conntrack', async (t) => {
