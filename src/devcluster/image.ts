@@ -99,7 +99,12 @@ export function contextPaths(dockerignore: string): string[] {
 
 async function filesUnder(root: string, relative: string): Promise<string[]> {
   const full = path.join(root, relative);
-  if (!(await stat(full)).isDirectory()) return [relative];
+  const found = await stat(full).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined; // allowed but absent: nothing to copy
+    throw err;
+  });
+  if (!found) return [];
+  if (!found.isDirectory()) return [relative];
   const entries = await readdir(full, { recursive: true, withFileTypes: true });
   return entries.filter((e) => e.isFile()).map((e) => path.relative(root, path.join(e.parentPath, e.name)));
 }
