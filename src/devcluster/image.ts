@@ -123,17 +123,17 @@ export async function imageInputsHash(root = REPO_ROOT): Promise<string> {
 }
 
 /** Runs a command with its output in `logFile`; a failure carries the log's tail. */
-async function runLogged(command: string, args: string[], logFile: string, options: { cwd?: string } = {}): Promise<void> {
+async function runLogged(command: string, args: string[], logFile: string): Promise<void> {
   const fd = openSync(logFile, 'a');
   try {
-    const child = spawn(command, args, { cwd: options.cwd, stdio: ['ignore', fd, fd] });
+    const child = spawn(command, args, { stdio: ['ignore', fd, fd] });
     const code = await new Promise<number | string>((resolve, reject) => {
       child.on('error', reject);
       child.on('close', (c, signal) => resolve(c ?? signal ?? 1));
     });
     if (code !== 0) {
       const tail = (await readFile(logFile, 'utf8')).trimEnd().split('\n').slice(-30).join('\n');
-      throw new Error(`${path.basename(command)} ${args.slice(0, 3).join(' ')}... failed (${code}); ${logFile} ends with:\n${tail}`);
+      throw new Error(`${path.basename(command)} ${args.slice(0, 3).join(' ')}... failed (${code}); its log ends with:\n${tail}`);
     }
   } finally {
     closeSync(fd);
@@ -265,7 +265,11 @@ async function cachedImage(prefix: string, hash: string, name: string, build: (c
     log.info(`built ${name}`, { seconds: buildSeconds, exportSeconds: Math.round((Date.now() - built) / 100) / 10, digest: described.digest });
     return readEntry(entry);
   } catch (err) {
+    // The whole log outlives the staging directory, for a look after the failure.
+    const failedLog = path.join(dir, `${prefix}-failed.log`);
+    await rename(logFile, failedLog).catch(() => undefined);
     await rm(staging, { recursive: true, force: true });
+    if (err instanceof Error) err.message += `\n(the whole log: ${failedLog})`;
     throw err;
   } finally {
     await rm(work, { recursive: true, force: true });
