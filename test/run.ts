@@ -57,7 +57,7 @@ async function runHostTests(cluster: LocalCluster): Promise<Counts> {
 
 // The image tests unpack the images built here. A cold build takes minutes, longer than
 // ava's timeout, so it happens first; with a warm cache this only hashes the inputs.
-if (!ipvsOnly && (!namesHostFiles || args.some((a) => /\bimage\b/.test(a)))) {
+if (!ipvsOnly && (!namesHostFiles || args.some((a) => /(^|\/)image\.test\.ts$/.test(a)))) {
   await ensureImage();
   await ensurePauseImage();
 }
