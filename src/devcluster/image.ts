@@ -21,7 +21,7 @@ import { promisify } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import { logger, type Logger } from '../log.ts';
 import { systemCommand } from '../net/system-command.ts';
-import { CONTROLPLANE_MODULE_DIR, REPO_ROOT, cacheRoot, goCommand, goEnv, pinnedVersions } from './build.ts';
+import { CONTROLPLANE_MODULE_DIR, REPO_ROOT, buildOnce, cacheRoot, goCommand, goEnv, isAlive, pinnedVersions } from './build.ts';
 
 const run = promisify(execFile);
 
@@ -50,6 +50,8 @@ export const BASE_RECIPE = {
   containerfile: 'FROM scratch\nADD rootfs.tar /\nENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nCMD ["bash"]\n',
 };
 
+// An entry's metadata; its presence marks the entry complete (as buildOnce expects).
+const COMPLETE = 'complete';
 // How many builds of each image the cache keeps (an src/ edit makes a new one).
 const KEEP_ENTRIES = 3;
 // Debian packages the builds use (installed by .ci/install-packages).
@@ -194,29 +196,20 @@ export async function describeLayout(layout: string, name: string): Promise<Omit
   return { name, digest: entry.digest, compressedBytes: sum('compressedBytes'), unpackedBytes: sum('unpackedBytes'), layers };
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Removes what builds of dead processes left, and all but the newest entries of `prefix`. */
 async function tidyCache(dir: string, prefix: string): Promise<void> {
   const names = await readdir(dir).catch(() => [] as string[]);
   for (const name of names) {
     const partial = /\.partial-(\d+)$/.exec(name);
-    if (partial && !alive(Number(partial[1]))) await rm(path.join(dir, name), { recursive: true, force: true });
+    if (partial && !isAlive(Number(partial[1]))) await rm(path.join(dir, name), { recursive: true, force: true });
   }
-  const complete = names.filter((n) => n.startsWith(prefix) && !n.includes('.partial-') && existsSync(path.join(dir, n, 'image.json')));
-  const byAge = await Promise.all(complete.map(async (n) => ({ n, t: (await stat(path.join(dir, n, 'image.json'))).mtimeMs })));
+  const complete = names.filter((n) => n.startsWith(prefix) && !n.includes('.partial-') && existsSync(path.join(dir, n, COMPLETE)));
+  const byAge = await Promise.all(complete.map(async (n) => ({ n, t: (await stat(path.join(dir, n, COMPLETE))).mtimeMs })));
   for (const { n } of byAge.sort((a, b) => b.t - a.t).slice(KEEP_ENTRIES)) await rm(path.join(dir, n), { recursive: true, force: true });
 }
 
 async function readEntry(entry: string): Promise<BuiltImage> {
-  const meta = JSON.parse(await readFile(path.join(entry, 'image.json'), 'utf8')) as Omit<BuiltImage, 'archive'>;
+  const meta = JSON.parse(await readFile(path.join(entry, COMPLETE), 'utf8')) as Omit<BuiltImage, 'archive'>;
   return { ...meta, archive: path.join(entry, 'image.tar') };
 }
 
@@ -236,12 +229,15 @@ interface BuildContext {
 async function cachedImage(prefix: string, hash: string, name: string, build: (context: BuildContext) => Promise<string>): Promise<BuiltImage> {
   const { dir } = paths();
   const entry = path.join(dir, `${prefix}-${hash}`);
-  if (existsSync(path.join(entry, 'image.json'))) return readEntry(entry);
+  if (!existsSync(path.join(entry, COMPLETE))) await buildOnce(entry, () => buildEntry(entry, prefix, name, build));
+  return readEntry(entry);
+}
 
+async function buildEntry(entry: string, prefix: string, name: string, build: (context: BuildContext) => Promise<string>): Promise<void> {
   const missing = missingTools();
   if (missing.length) throw new Error(`building ${name} needs ${missing.join(', ')}: run .ci/install-packages (it installs buildah, mmdebstrap, gcc, ...)`);
+  const { dir } = paths();
   const log = logger('image-build');
-  await mkdir(dir, { recursive: true });
   await tidyCache(dir, `${prefix}-`);
   const staging = `${entry}.partial-${process.pid}`;
   await rm(staging, { recursive: true, force: true });
@@ -259,11 +255,10 @@ async function cachedImage(prefix: string, hash: string, name: string, build: (c
     const described = await describeLayout(layout, name);
     await run(systemCommand('tar'), ['-cf', path.join(staging, 'image.tar'), '-C', layout, 'oci-layout', 'index.json', 'blobs']);
     const buildSeconds = Math.round((Date.now() - started) / 100) / 10;
-    await writeFile(path.join(staging, 'image.json'), JSON.stringify({ ...described, buildSeconds }, null, 2) + '\n');
-    if (existsSync(path.join(entry, 'image.json'))) await rm(staging, { recursive: true, force: true }); // another process finished first
-    else await rename(staging, entry);
+    await writeFile(path.join(staging, COMPLETE), JSON.stringify({ ...described, buildSeconds }, null, 2) + '\n');
+    await rm(entry, { recursive: true, force: true });
+    await rename(staging, entry);
     log.info(`built ${name}`, { seconds: buildSeconds, exportSeconds: Math.round((Date.now() - built) / 100) / 10, digest: described.digest });
-    return readEntry(entry);
   } catch (err) {
     // The whole log outlives the staging directory, for a look after the failure.
     const failedLog = path.join(dir, `${prefix}-failed.log`);
