@@ -7,6 +7,8 @@ import { execFileSync, spawn } from 'node:child_process';
 import path from 'node:path';
 import { REPO_ROOT } from '../src/devcluster/build.ts';
 import { startLocalCluster, type LocalCluster } from '../src/devcluster/cluster.ts';
+import { ensureImage, ensurePauseImage } from '../src/devcluster/image.ts';
+import { ensureNodeBinaries } from '../src/devcluster/node-build.ts';
 import { runGuestSuite } from './guest/run-suite.ts';
 
 const avaCli = path.join(REPO_ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.js');
@@ -52,6 +54,15 @@ async function runHostTests(cluster: LocalCluster): Promise<Counts> {
   process.off('SIGTERM', forward);
   const count = (what: string): number => Number(new RegExp(`(\\d+) tests? ${what}`).exec(report)?.[1] ?? 0);
   return { passed, failed: count('failed') + count('known failure'), skipped: count('skipped'), exitCode };
+}
+
+// The image tests unpack the images built here, and the tests on real nodes run them
+// (and the nodes' binaries). A cold build takes minutes, longer than ava's timeout, so
+// it happens first; with a warm cache this only hashes the inputs.
+if (!ipvsOnly && (!namesHostFiles || args.some((a) => /(^|\/)(image\.test\.ts|e2e\/)/.test(a)))) {
+  await ensureImage();
+  await ensurePauseImage();
+  if (!namesHostFiles || args.some((a) => /(^|\/)e2e\//.test(a))) await ensureNodeBinaries();
 }
 
 const cluster = await startLocalCluster();

@@ -1,5 +1,5 @@
-// `extbackend cluster build|up|run|down|status`: the local control plane for
-// development and tests. `up` runs `run` as a detached background process that
+// `extbackend cluster build|image|up|run|down|status`: the local control plane and
+// images for development and tests. `up` runs `run` as a detached background process that
 // owns the cluster; `down` asks it to stop and waits until it has.
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
@@ -8,6 +8,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT, ensureControlPlane } from '../devcluster/build.ts';
 import { clusterAnswers, startLocalCluster } from '../devcluster/cluster.ts';
+import { describeImage, ensureImage, ensurePauseImage } from '../devcluster/image.ts';
 import { ensureNodeBinaries } from '../devcluster/node-build.ts';
 import { logger } from '../log.ts';
 import { UsageError, intFlag, type ParsedArgs, stringFlag } from './args.ts';
@@ -119,6 +120,13 @@ export async function clusterCommand(args: ParsedArgs): Promise<void> {
       if (nodes) process.stdout.write(`${(await ensureNodeBinaries()).binDir}\n`);
       return;
     }
+    case 'image': {
+      // One after the other: each build alone keeps the two cores busy.
+      const image = await ensureImage();
+      const pause = await ensurePauseImage();
+      process.stdout.write(`${describeImage(image)}\n\n${describeImage(pause)}\n`);
+      return;
+    }
     case 'run':
       return runForeground(stateDir, nodes);
     case 'up':
@@ -132,6 +140,6 @@ export async function clusterCommand(args: ParsedArgs): Promise<void> {
       return;
     }
     default:
-      throw new UsageError(`cluster: expected build, up, run, down or status, got ${sub ?? 'nothing'}`);
+      throw new UsageError(`cluster: expected build, image, up, run, down or status, got ${sub ?? 'nothing'}`);
   }
 }

@@ -31,7 +31,7 @@ const commands: Record<string, Command> = {
   operator: { summary: 'run the ExternalBackend operator', flags: operatorFlags, run: operatorCommand },
   agent: { summary: 'run the node agent (a small kube-proxy for our Services)', flags: agentFlags, run: agentCommand },
   demo: { summary: 'run the operator; without a configured cluster, on a local control plane with the samples (what `npm start` runs)', flags: operatorFlags, run: demoCommand },
-  cluster: { summary: 'local control plane: build | up | run | down | status', flags: clusterFlags, run: clusterCommand },
+  cluster: { summary: 'local control plane and images: build | image | up | run | down | status', flags: clusterFlags, run: clusterCommand },
   version: {
     summary: 'print the version',
     flags: {},

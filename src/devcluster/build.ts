@@ -76,7 +76,7 @@ export async function buildOnce(entry: string, build: () => Promise<void>): Prom
   }
 }
 
-function isAlive(pid: number): boolean {
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

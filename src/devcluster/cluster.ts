@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { logger } from '../log.ts';
 import { ensureControlPlane, type ControlPlaneBinary, type ControlPlaneBuild } from './build.ts';
 import { kubeDnsManifest, corefile, waitForClusterDns } from './cluster-dns.ts';
+import { ensureImage, ensurePauseImage } from './image.ts';
 import { ensureNodeBinaries } from './node-build.ts';
 import { createNodeNetwork, removeAbandonedNodeNetwork, ROUTER_NS, type NodeNetwork } from './node-network.ts';
 import { cleanUpNode, readKubeletSysctls, startNode, type LocalNode, type NodeImages, type NodeState, type RunningNode } from './nodes.ts';
@@ -59,7 +60,7 @@ export interface LocalClusterOptions {
   workDir?: string;
   /** Real nodes to add (kubelet, containerd, kube-proxy; plus kube-scheduler and cluster DNS). */
   nodes?: number;
-  /** Images every node's containerd gets (needed with nodes: at least the sandbox image). */
+  /** Images every node's containerd gets; by default the project's image and the pause image, built here (image.ts). */
   images?: NodeImages;
 }
 
@@ -227,7 +228,6 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   const procs = new ProcessGroup(dirs.logs);
   const bin = (b: ControlPlaneBinary): string => build.bin(b);
   const nodeCount = options.nodes ?? 0;
-  if (nodeCount > 0 && !options.images) throw new Error('local nodes need images (at least the sandbox image)');
   const runningNodes: RunningNode[] = [];
   let network: NodeNetwork | undefined;
   const exitedEarly = (name: string, child: ChildProcess) => async (): Promise<string | undefined> =>
@@ -243,6 +243,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   try {
     const started = Date.now();
     const nodeBuild = nodeCount > 0 ? await ensureNodeBinaries() : undefined;
+    const images = nodeCount > 0 ? (options.images ?? (await builtImages())) : undefined;
     if (nodeCount > 0) network = await createNodeNetwork(POD_CIDR);
     const [etcdClient, etcdPeer, apiPort] = [await freePort(), await freePort(), await freePort()];
     const hostIPs = [...hostAddresses(), ...(network ? [network.hostIP] : [])];
@@ -345,7 +346,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     const kubectlApply = async (manifest: string): Promise<void> => {
       await runKubectl(bin('kubectl'), ['--kubeconfig', kubeconfig, 'apply', '-f', '-'], manifest);
     };
-    if (network && nodeBuild && options.images) {
+    if (network && nodeBuild && images) {
       await issueCertificate(dirs.pki, 'scheduler', '/CN=system:kube-scheduler', 'client');
       const schedulerKubeconfig = path.join(dirs.pki, 'scheduler.kubeconfig');
       await writeFile(schedulerKubeconfig, kubeconfigYaml(server, pki.caPem, 'system:kube-scheduler', { cert: await readFile(path.join(dirs.pki, 'scheduler.crt'), 'utf8'), key: await readFile(path.join(dirs.pki, 'scheduler.key'), 'utf8') }), { mode: 0o600 });
@@ -382,7 +383,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
             build: nodeBuild,
             kubeProxy: bin('kube-proxy'),
             network,
-            images: options.images,
+            images,
             clusterCIDR: POD_CIDR,
             clusterId: path.basename(workDir).replace(WORK_DIR_PREFIX, ''),
             sysctls,
@@ -414,6 +415,11 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     await stop();
     throw err;
   }
+}
+
+async function builtImages(): Promise<NodeImages> {
+  const [image, pause] = await Promise.all([ensureImage(), ensurePauseImage()]);
+  return { archives: [image.archive, pause.archive], sandboxImage: pause.name };
 }
 
 async function runKubectl(kubectl: string, args: string[], input?: string): Promise<string> {

@@ -13,6 +13,8 @@ import { afterApply, diffIpvs, parseIpvsSave, type KernelVirtualServer } from '.
 import { DUMMY_INTERFACE, IpvsPlanner, ipsetNames, serviceKey, type IpvsPlan, type Scheduler, type VirtualServer } from './plan.ts';
 
 const exec = runTool;
+// What `ipvsadm-save -n` runs; that wrapper is a bash script, and the image has no shell.
+const SAVE_ARGS = ['-S', '-n'];
 
 /** Makes the kernel ready for IPVS mode; one call serves both families. */
 export async function prepareIpvsNode(): Promise<void> {
@@ -71,7 +73,7 @@ export class IpvsApplier {
       const saved = await exec('ipset', ['list', name, '-o', 'save']);
       this.knownSets.set(name, new Set([...saved.matchAll(new RegExp(`^add ${name} (\\S+)`, 'gm'))].map((m) => m[1]!)));
     }
-    const all = parseIpvsSave(await exec('ipvsadm-save', ['-n']));
+    const all = parseIpvsSave(await exec('ipvsadm', SAVE_ARGS));
     this.known = new Map([...all].filter(([, vs]) => vs.address.includes(':') === (this.family === 6)));
     const addrs = await exec('ip', ['-o', `-${this.family}`, 'addr', 'show', 'dev', DUMMY_INTERFACE]);
     this.knownVips = new Set([...addrs.matchAll(/inet6? (\S+?)\/\d+/g)].map((m) => m[1]!));
@@ -132,7 +134,7 @@ export class IpvsApplier {
   async cleanup(): Promise<number> {
     if (!ipvsLoaded()) return 0;
     const saved = await exec('ipset', ['list', this.sets.owned, '-o', 'save']).catch(() => '');
-    const current = parseIpvsSave(await exec('ipvsadm-save', ['-n']));
+    const current = parseIpvsSave(await exec('ipvsadm', SAVE_ARGS));
     const ours = [...saved.matchAll(new RegExp(`^add ${this.sets.owned} (\\S+)`, 'gm'))].map((m) => memberToKey(m[1]!)).filter((k) => k !== undefined && current.has(k));
     if (ours.length) await exec('ipvsadm', ['-R'], `${ours.map((k) => `-D ${k}`).join('\n')}\n`);
     for (const name of Object.values(this.sets)) await exec('ipset', ['destroy', name]).catch(() => undefined);
