@@ -24,7 +24,7 @@ const cleanup = withCleanup(async () => {
 });
 try {
   const kubectl = (...args: string[]): string => execFileSync(cluster.build.bin('kubectl'), ['--kubeconfig', cluster.kubeconfig, ...args], { encoding: 'utf8' });
-  kubectl('apply', '-f', path.join(REPO_ROOT, 'crds'));
+  kubectl('apply', '-k', path.join(REPO_ROOT, 'crds'));
   kubectl('wait', '--for=condition=Established', 'crd', '--all');
   kubectl('create', 'namespace', ns);
   const client = await KubeClient.fromKubeConfig(loadKubeConfig(cluster.kubeconfig));

@@ -71,7 +71,7 @@ try {
   // Our CRDs exist before any test, as in a real install (and the garbage collector
   // has discovered them by the time tests delete owners).
   const kubectl = (...a: string[]): string => execFileSync(cluster.build.bin('kubectl'), ['--kubeconfig', cluster.kubeconfig, ...a], { encoding: 'utf8' });
-  kubectl('apply', '-f', path.join(REPO_ROOT, 'crds'));
+  kubectl('apply', '-k', path.join(REPO_ROOT, 'crds'));
   kubectl('wait', '--for=condition=Established', '--timeout=60s', 'crd', '--all');
 
   const host = ipvsOnly ? { passed: 0, failed: 0, skipped: 0, exitCode: 0 } : await runHostTests(cluster);

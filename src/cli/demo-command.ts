@@ -41,7 +41,7 @@ export async function demoCommand(args: ParsedArgs): Promise<void> {
   const client = await KubeClient.fromEnvironment(cluster.kubeconfig);
   try {
     const kubectl = async (...a: string[]): Promise<string> => (await run(cluster.build.bin('kubectl'), ['--kubeconfig', cluster.kubeconfig, ...a])).stdout;
-    await kubectl('apply', '-f', path.join(REPO_ROOT, 'crds'));
+    await kubectl('apply', '-k', path.join(REPO_ROOT, 'crds'));
     await kubectl('wait', '--for=condition=Established', 'crd', '--all');
     operator = await startOperator({ ...OPERATOR_DEFAULTS, client, log: logger('operator'), leaderElect: false, leaseNamespace: 'default', signal: abort.signal });
     const samples = path.join(REPO_ROOT, 'samples');

@@ -64,6 +64,18 @@ test.serial('kubectl kustomize is deterministic and apply -k (also --dry-run=ser
   t.regex((await kubectl(['-n', NS, 'get', 'deployment,daemonset', '-o', 'name'])).stdout, /deployment\.apps\/extbackend-operator[\s\S]*daemonset\.apps\/extbackend-agent/);
 });
 
+test('the local overlay is the install with the locally built image, and nothing else', async (t) => {
+  const shipped = (await kubectl(['kustomize', REPO_ROOT])).stdout.split('\n');
+  const local = (await kubectl(['kustomize', path.join(REPO_ROOT, 'config', 'overlays', 'local')])).stdout.split('\n');
+  // Every image line names the local image, followed by a pull policy of Never; all other lines are the same.
+  const withoutPolicy = local.filter((l) => !/^\s+imagePullPolicy: Never$/.test(l));
+  t.is(local.length - withoutPolicy.length, shipped.filter((l) => /^\s+image: /.test(l)).length);
+  t.is(withoutPolicy.length, shipped.length);
+  const differing = shipped.flatMap((line, i) => (line === withoutPolicy[i] ? [] : [[line.trim(), withoutPolicy[i]?.trim()]]));
+  t.true(differing.length >= 3, 'the operator, the agent and its init container');
+  for (const [ours, theirs] of differing) t.deepEqual([ours, theirs], ['image: ghcr.io/extbackend/extbackend:0.1.0', 'image: localhost/extbackend:dev']);
+});
+
 const allowed: [string, string[]][] = [
   ['extbackend-operator', ['list externalbackends.extbackend.io', 'patch externalbackends.extbackend.io/status', 'create services', 'delete services', 'patch endpointslices.discovery.k8s.io', 'delete endpointslices.discovery.k8s.io', 'patch endpoints', 'create events', 'watch nodes', 'list servicecidrs.networking.k8s.io', 'get secrets']],
   ['extbackend-agent', ['list services', 'watch endpointslices.discovery.k8s.io', 'get nodes', 'create events']],
