@@ -296,41 +296,55 @@ function dataPlane(o: AgentOptions, log: Logger): DataPlane {
   };
 }
 
+type CleanupStep = [what: string, step: () => Promise<number | boolean>];
+
+/** Every step of ours a mode leaves on a node, for one mode or all. */
+function cleanupSteps(modes: ProxyMode[]): CleanupStep[] {
+  const steps: CleanupStep[] = [];
+  for (const family of [4, 6] as const) {
+    if (modes.includes('iptables')) steps.push([`IPv${family} iptables hooks and chains`, () => new IptablesApplier(family).cleanup()]);
+    if (modes.includes('nftables')) steps.push([`IPv${family} nftables tables`, () => new NftablesApplier(family === 4 ? 'ip' : 'ip6').cleanup()]);
+    if (modes.includes('ipvs')) steps.push([`IPv${family} IPVS virtual servers`, () => new IpvsApplier(family).cleanup()]);
+  }
+  if (modes.includes('ipvs')) steps.push(['IPVS dummy interface', () => removeDummyInterface()]);
+  return steps;
+}
+
+/** Runs every step, each on its own: one failing does not stop the others. */
+async function runCleanupSteps(steps: CleanupStep[]): Promise<{ removed: Record<string, number>; failures: string[] }> {
+  const removed: Record<string, number> = {};
+  const failures: string[] = [];
+  for (const [what, step] of steps) {
+    try {
+      const n = Number(await step());
+      if (n) removed[what] = n;
+    } catch (err) {
+      failures.push(`${what}: ${(err as Error).message}`);
+    }
+  }
+  return { removed, failures };
+}
+
 /**
  * Removes what the agent made in the other proxy modes (a DaemonSet switched from
  * iptables to nftables, say), as kube-proxy does at start; never anything not ours.
- * iptables chains of iptables mode need no step in IPVS mode: its own iptables chains
+ * In IPVS mode iptables mode's chains need no step: IPVS mode's own iptables chains
  * replace them as stale chains of ours.
  */
 export async function removeOtherModes(mode: ProxyMode, log: Logger): Promise<void> {
-  const removed: Record<string, number> = {};
-  const attempt = async (what: string, step: () => Promise<number | boolean>): Promise<void> => {
-    try {
-      const n = Number(await step());
-      if (n) removed[what] = (removed[what] ?? 0) + n;
-    } catch (err) {
-      log.warn('could not remove another proxy mode\'s leftovers', { what, error: (err as Error).message });
-    }
-  };
-  for (const family of [4, 6] as const) {
-    if (mode === 'nftables') await attempt('iptables hooks and chains', () => new IptablesApplier(family).cleanup());
-    if (mode !== 'nftables') await attempt('nftables tables', () => new NftablesApplier(family === 4 ? 'ip' : 'ip6').cleanup());
-    if (mode !== 'ipvs') await attempt('IPVS virtual servers', () => new IpvsApplier(family).cleanup());
-  }
-  if (mode !== 'ipvs') await attempt('IPVS dummy interface', () => removeDummyInterface());
+  const others: ProxyMode[] = mode === 'nftables' ? ['iptables', 'ipvs'] : mode === 'iptables' ? ['nftables', 'ipvs'] : ['nftables'];
+  const { removed, failures } = await runCleanupSteps(cleanupSteps(others));
   if (Object.keys(removed).length) log.info('removed other proxy modes\' leftovers', { mode, removed });
+  for (const failure of failures) log.warn('could not remove another proxy mode\'s leftovers', { error: failure });
 }
 
-/** `extbackend agent --cleanup`: removes every hook, chain, table and rule the agent created, in any mode. */
+/**
+ * `extbackend agent --cleanup`: removes every hook, chain, table and rule the agent
+ * created, in any mode. Throws, after trying every step, when any of them failed (not
+ * root, say), so the command exits non-zero instead of reporting a clean node.
+ */
 export async function cleanupAgent(log: Logger): Promise<void> {
-  for (const family of [4, 6] as const) {
-    const removed = await new IptablesApplier(family).cleanup().catch((err: Error) => {
-      log.warn('iptables cleanup failed', { family, error: err.message });
-      return 0;
-    });
-    const tables = await new NftablesApplier(family === 4 ? 'ip' : 'ip6').cleanup();
-    const virtualServers = await new IpvsApplier(family).cleanup();
-    log.info('removed our iptables hooks and chains, nftables table and IPVS virtual servers', { family, iptables: removed, nftablesTables: tables, virtualServers });
-  }
-  if (await removeDummyInterface()) log.info('removed our IPVS dummy interface');
+  const { removed, failures } = await runCleanupSteps(cleanupSteps(['iptables', 'nftables', 'ipvs']));
+  log.info(Object.keys(removed).length ? 'removed what the agent made' : 'nothing of the agent\'s was left', { removed });
+  if (failures.length) throw new Error(`cleanup incomplete (it needs root with NET_ADMIN in the node's network namespace): ${failures.join('; ')}`);
 }
