@@ -233,8 +233,10 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   const exitedEarly = (name: string, child: ChildProcess) => async (): Promise<string | undefined> =>
     child.exitCode !== null || child.signalCode !== null ? `${name} exited (${child.exitCode ?? child.signalCode}):\n${await procs.logTail(name)}` : undefined;
 
-  const stop = async (): Promise<void> => {
-    for (const n of runningNodes.reverse()) await n.stop().catch((err: Error) => log.warn('stopping a node failed', { node: n.node.name, error: err.message }));
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => (stopping ??= stopEverything());
+  const stopEverything = async (): Promise<void> => {
+    for (const n of [...runningNodes].reverse()) await n.stop().catch((err: Error) => log.warn('stopping a node failed', { node: n.node.name, error: err.message }));
     await procs.stopAll();
     await network?.remove();
     if (removeWorkDir) await rm(workDir, { recursive: true, force: true });

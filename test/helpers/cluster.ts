@@ -37,7 +37,12 @@ export interface KubectlResult {
 
 /** Runs kubectl against the test cluster; rejects with kubectl's stderr on failure. */
 export async function kubectl(args: string[], input?: string): Promise<KubectlResult> {
-  const child = run(kubectlPath(), ['--kubeconfig', testKubeconfig(), ...args], { maxBuffer: 64 * 1024 * 1024 });
+  return kubectlAt(testKubeconfig(), args, input);
+}
+
+/** Runs kubectl against the cluster of `kubeconfig` (a test's own cluster). */
+export async function kubectlAt(kubeconfig: string, args: string[], input?: string): Promise<KubectlResult> {
+  const child = run(kubectlPath(), ['--kubeconfig', kubeconfig, ...args], { maxBuffer: 64 * 1024 * 1024 });
   if (input !== undefined) {
     child.child.stdin?.end(input);
   }
