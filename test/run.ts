@@ -56,6 +56,15 @@ async function runHostTests(cluster: LocalCluster): Promise<Counts> {
   return { passed, failed: count('failed') + count('known failure'), skipped: count('skipped'), exitCode };
 }
 
+if (args.includes('--help') || args.includes('-h')) {
+  process.stdout.write(
+    `npm test [-- ARGS]   lint, typecheck, then on Node ${process.versions.node}:\n` +
+      '  node test/run.ts [ava args]   host tests (all, or the files named) and, for a full run, the IPVS guest suite\n' +
+      '  node test/run.ts --ipvs-only  just the guest suite\n',
+  );
+  process.exit(0);
+}
+
 // The image tests unpack the images built here, and the tests on real nodes run them
 // (and the nodes' binaries). A cold build takes minutes, longer than ava's timeout, so
 // it happens first; with a warm cache this only hashes the inputs.

@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import type { Logger } from '../log.ts';
 import { cidrContains, parseCidr, parseIP } from '../net/ip.ts';
 import { systemCommand } from '../net/system-command.ts';
-import { PROXY_NAME, PROXY_NAME_LABEL } from '../operator/types.ts';
+import { PROXY_NAME, PROXY_NAME_LABEL } from '../api/labels.ts';
 import { startHealthServer } from '../runtime/http-server.ts';
 import { Informer } from '../runtime/informer.ts';
 import { resourcePath, type KubeClient } from '../runtime/kube-client.ts';

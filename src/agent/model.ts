@@ -4,7 +4,7 @@
 // chosen for cluster traffic and for external traffic. Renderers turn this into
 // iptables, nftables or IPVS; nothing here knows about any of them.
 import net from 'node:net';
-import { ENDPOINT_TOPOLOGY_ANNOTATION, SERVICE_NAME_LABEL, TOPOLOGY_KEYS_ANNOTATION } from '../operator/types.ts';
+import { ENDPOINT_TOPOLOGY_ANNOTATION, SERVICE_NAME_LABEL, TOPOLOGY_KEYS_ANNOTATION } from '../api/labels.ts';
 
 export type Family = 4 | 6;
 export type L4 = 'tcp' | 'udp' | 'sctp';

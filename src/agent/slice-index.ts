@@ -2,7 +2,7 @@
 // The agent watches every slice in the cluster (a selectorless Service's slices may be
 // written by anyone), most of them for Services that are not ours: a sync asks for the
 // slices of our Services only instead of grouping every slice in the cluster again.
-import { SERVICE_NAME_LABEL } from '../operator/types.ts';
+import { SERVICE_NAME_LABEL } from '../api/labels.ts';
 import type { InformerEvent } from '../runtime/informer.ts';
 import type { SliceInput } from './model.ts';
 

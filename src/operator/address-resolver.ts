@@ -6,7 +6,7 @@ import { promises as dns, type RecordWithTtl } from 'node:dns';
 import { canonicalIP } from '../net/ip.ts';
 import { refuseAddress, type AddressPolicy } from './address-policy.ts';
 import type { ResolvedAddress } from './desired.ts';
-import type { BackendAddress } from './types.ts';
+import type { BackendAddress } from '../api/external-backend.ts';
 
 export interface DnsAnswer {
   addresses: string[];

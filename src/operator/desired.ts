@@ -2,15 +2,14 @@
 // the resolved addresses and their health: the Service, the EndpointSlices and the
 // optional v1 Endpoints. No I/O here; the reconciler compares and applies.
 import { createHash } from 'node:crypto';
-import { canonicalIP, parseIP } from '../net/ip.ts';
+import { parseIP } from '../net/ip.ts';
+import { API_VERSION, KIND, portName, targetPortFor, type BackendAddress, type BackendPort, type ExternalBackend } from '../api/external-backend.ts';
 import {
-  API_VERSION,
   APPLIED_HASH_ANNOTATION,
   APP_MANAGED_BY_LABEL,
   BACKEND_LABEL,
   ENDPOINT_TOPOLOGY_ANNOTATION,
   FIELD_MANAGER,
-  KIND,
   MANAGED_BY,
   MANAGED_BY_LABEL,
   PROXY_NAME,
@@ -18,12 +17,9 @@ import {
   SERVICE_NAME_LABEL,
   SKIP_MIRROR_LABEL,
   TOPOLOGY_KEYS_ANNOTATION,
-  type BackendAddress,
-  type BackendPort,
-  type ExternalBackend,
-  type KubeObject,
-  type OwnerReference,
-} from './types.ts';
+} from '../api/labels.ts';
+import { semanticProblems } from '../api/validation.ts';
+import type { KubeObject, OwnerReference } from '../runtime/kube-object.ts';
 
 export const DEFAULT_AFFINITY_TIMEOUT = 10800;
 export const DEFAULT_MAX_PER_SLICE = 100;
@@ -71,10 +67,6 @@ export interface DesiredState {
   portsWithReadyEndpoints: Map<string, boolean>;
   /** Semantic problems the schema cannot see; any makes Accepted False. */
   problems: string[];
-}
-
-export function portName(p: BackendPort): string {
-  return p.name ?? '';
 }
 
 export function isHeadless(eb: ExternalBackend): boolean {
@@ -145,11 +137,6 @@ export function desiredService(eb: ExternalBackend): KubeObject {
     metadata: { name: eb.metadata.name, namespace: eb.metadata.namespace, labels, annotations, ownerReferences: [ownerReference(eb)] },
     spec,
   });
-}
-
-/** The target port one address serves a spec port on. */
-export function targetPortFor(address: BackendAddress, port: BackendPort): number {
-  return (port.name ? address.targetPorts?.[port.name] : undefined) ?? port.targetPort ?? port.port;
 }
 
 /**
@@ -277,25 +264,6 @@ function desiredEndpoints(eb: ExternalBackend, groups: EndpointGroup[]): KubeObj
         ports: s.ports.map((p) => ({ ...(p.name ? { name: p.name } : {}), port: p.port, protocol: p.protocol, ...(p.appProtocol ? { appProtocol: p.appProtocol } : {}) })),
       })),
   });
-}
-
-/** Problems with the spec that the CRD schema cannot express. */
-export function semanticProblems(eb: ExternalBackend): string[] {
-  const problems: string[] = [];
-  const names = new Set(eb.spec.ports.map(portName).filter(Boolean));
-  eb.spec.addresses.forEach((a, i) => {
-    for (const name of Object.keys(a.targetPorts ?? {})) {
-      if (!names.has(name)) problems.push(`addresses[${i}].targetPorts names port "${name}", which is not in spec.ports`);
-    }
-  });
-  const seen = new Map<string, number>();
-  eb.spec.addresses.forEach((a, i) => {
-    const key = a.ip ? (canonicalIP(a.ip) ?? a.ip) : (a.hostname ?? '').replace(/\.$/, '');
-    const first = seen.get(key);
-    if (first !== undefined) problems.push(`addresses[${i}] repeats addresses[${first}] (${key})`);
-    else seen.set(key, i);
-  });
-  return problems;
 }
 
 export function desiredState(eb: ExternalBackend, resolved: ResolvedAddress[], health: HealthLookup = ALWAYS_HEALTHY): DesiredState {

@@ -15,7 +15,9 @@ import { ProbeScheduler } from '../probes/scheduler.ts';
 import { shortHash } from './desired.ts';
 import { TlsSecrets } from './tls-secrets.ts';
 import { reconcileExternalBackend } from './reconciler.ts';
-import { BACKEND_LABEL, GROUP, PLURAL, SERVICE_NAME_LABEL, VERSION, type ExternalBackend, type KubeObject } from './types.ts';
+import { GROUP, PLURAL, VERSION, type ExternalBackend } from '../api/external-backend.ts';
+import { BACKEND_LABEL, SERVICE_NAME_LABEL } from '../api/labels.ts';
+import type { KubeObject } from '../runtime/kube-object.ts';
 
 export interface OperatorOptions {
   client: KubeClient;

@@ -16,19 +16,17 @@ import type { TlsSecrets } from './tls-secrets.ts';
 import { computeStatus } from './status.ts';
 import {
   API_VERSION,
-  BACKEND_LABEL,
-  FIELD_MANAGER,
   GROUP,
   KIND,
-  LAST_CHANGE_TRIGGER_TIME,
   PLURAL,
   VERSION,
   type ExternalBackend,
   type BackendPort,
   type ExternalBackendStatus,
-  type KubeObject,
   VOLATILE_ADDRESS_FIELDS,
-} from './types.ts';
+} from '../api/external-backend.ts';
+import { BACKEND_LABEL, FIELD_MANAGER, LAST_CHANGE_TRIGGER_TIME } from '../api/labels.ts';
+import type { KubeObject } from '../runtime/kube-object.ts';
 
 export interface ReconcilerDeps {
   client: KubeClient;

@@ -2,7 +2,7 @@
 import { type DesiredState, type HealthLookup, type ResolvedAddress } from './desired.ts';
 import type { TargetHealth } from '../probes/threshold.ts';
 import { parseIP } from '../net/ip.ts';
-import type { AddressStatus, Condition, ExternalBackend, ExternalBackendStatus } from './types.ts';
+import type { AddressStatus, Condition, ExternalBackend, ExternalBackendStatus } from '../api/external-backend.ts';
 
 export interface StatusInput {
   eb: ExternalBackend;

@@ -3,20 +3,12 @@
 // whose result decides it.
 import { parseExpectedStatuses, type ProbeSpec, type TlsMaterial } from './probe.ts';
 import type { ProbeTarget } from './scheduler.ts';
-import { targetPortFor, type ResolvedAddress } from '../operator/desired.ts';
-import type { BackendPort, ExternalBackend } from '../operator/types.ts';
+import { targetPortFor, type BackendAddress, type BackendPort, type ExternalBackend, type HealthCheckSpec } from '../api/external-backend.ts';
 
-export interface HealthCheckSpec {
-  type: 'tcp' | 'http' | 'https' | 'grpc';
-  port?: number | string;
-  periodSeconds?: number;
-  timeoutSeconds?: number;
-  successThreshold?: number;
-  failureThreshold?: number;
-  initialDelaySeconds?: number;
-  http?: { path?: string; host?: string; headers?: { name: string; value: string }[]; expectedStatuses?: string[] };
-  tls?: { serverName?: string; insecureSkipVerify?: boolean; secretName?: string };
-  grpc?: { service?: string };
+/** A spec address and the IPs it stands for once resolved (the operator's ResolvedAddress is one). */
+export interface ProbedAddress {
+  spec: BackendAddress;
+  ips: string[];
 }
 
 export interface ProbePlan {
@@ -40,7 +32,7 @@ export function probeSpec(hc: HealthCheckSpec, tls: TlsMaterial | undefined): Pr
 
 export function planProbes(
   eb: ExternalBackend,
-  resolved: ResolvedAddress[],
+  resolved: ProbedAddress[],
   tls: TlsMaterial | undefined,
   published: (ip: string, port: BackendPort) => boolean | undefined,
 ): ProbePlan {

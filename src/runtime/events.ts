@@ -2,7 +2,7 @@
 // Repeats of the same event within a few minutes are counted, not re-created.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../log.ts';
-import type { KubeObject } from '../operator/types.ts';
+import type { KubeObject } from './kube-object.ts';
 import { resourcePath, type KubeClient } from './kube-client.ts';
 
 export interface EventRecorder {

@@ -4,7 +4,7 @@
 // retries with backoff and keeps serving the last known objects meanwhile.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.ts';
-import type { ObjectMeta } from '../operator/types.ts';
+import type { ObjectMeta } from './kube-object.ts';
 
 export interface HasMetadata {
   metadata: ObjectMeta;

@@ -2,7 +2,7 @@ import test from 'ava';
 import { desiredState, type HealthLookup, type ResolvedAddress } from '../../src/operator/desired.ts';
 import { containsDesired } from '../../src/operator/reconciler.ts';
 import { computeStatus } from '../../src/operator/status.ts';
-import type { ExternalBackend, ExternalBackendSpec } from '../../src/operator/types.ts';
+import type { ExternalBackend, ExternalBackendSpec } from '../../src/api/external-backend.ts';
 
 function backend(spec: Partial<ExternalBackendSpec>, name = 'web'): ExternalBackend {
   return {

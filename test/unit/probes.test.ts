@@ -2,7 +2,7 @@ import test from 'ava';
 import { parseExpectedStatuses, runProbe } from '../../src/probes/probe.ts';
 import { planProbes } from '../../src/probes/targets.ts';
 import { initialHealth, recordResult, type TargetHealth } from '../../src/probes/threshold.ts';
-import type { ExternalBackend } from '../../src/operator/types.ts';
+import type { ExternalBackend } from '../../src/api/external-backend.ts';
 
 const t3 = { successThreshold: 2, failureThreshold: 3 };
 

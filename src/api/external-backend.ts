@@ -1,27 +1,12 @@
-import type { HealthCheckSpec } from '../probes/targets.ts';
-
-// The ExternalBackend API as TypeScript types (mirrors crds/extbackend.io_externalbackends.yaml)
-// and the names and labels DESIGN.md fixes as contracts.
+// The ExternalBackend API as TypeScript types (mirrors crds/extbackend.io_externalbackends.yaml),
+// and the readings of its spec that operator and probes must agree on.
+import type { ObjectMeta } from '../runtime/kube-object.ts';
 
 export const GROUP = 'extbackend.io';
 export const VERSION = 'v1alpha1';
 export const API_VERSION = `${GROUP}/${VERSION}`;
 export const KIND = 'ExternalBackend';
 export const PLURAL = 'externalbackends';
-
-export const FIELD_MANAGER = 'extbackend-operator';
-export const PROXY_NAME_LABEL = 'service.kubernetes.io/service-proxy-name';
-export const PROXY_NAME = 'extbackend';
-export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
-export const MANAGED_BY_LABEL = 'endpointslice.kubernetes.io/managed-by';
-export const MANAGED_BY = 'operator.extbackend.io';
-export const SKIP_MIRROR_LABEL = 'endpointslice.kubernetes.io/skip-mirror';
-export const BACKEND_LABEL = 'extbackend.io/backend';
-export const APP_MANAGED_BY_LABEL = 'app.kubernetes.io/managed-by';
-export const TOPOLOGY_KEYS_ANNOTATION = 'extbackend.io/topology-keys';
-export const ENDPOINT_TOPOLOGY_ANNOTATION = 'extbackend.io/endpoint-topology';
-export const APPLIED_HASH_ANNOTATION = 'extbackend.io/applied-hash';
-export const LAST_CHANGE_TRIGGER_TIME = 'endpoints.kubernetes.io/last-change-trigger-time';
 
 export type Protocol = 'TCP' | 'UDP' | 'SCTP';
 export type ServiceType = 'ClusterIP' | 'NodePort' | 'LoadBalancer' | 'Headless';
@@ -57,6 +42,19 @@ export interface BackendServiceSpec {
   healthCheckNodePort?: number;
   proxy?: 'agent' | 'kube-proxy';
   publishNotReadyAddresses?: boolean;
+}
+
+export interface HealthCheckSpec {
+  type: 'tcp' | 'http' | 'https' | 'grpc';
+  port?: number | string;
+  periodSeconds?: number;
+  timeoutSeconds?: number;
+  successThreshold?: number;
+  failureThreshold?: number;
+  initialDelaySeconds?: number;
+  http?: { path?: string; host?: string; headers?: { name: string; value: string }[]; expectedStatuses?: string[] };
+  tls?: { serverName?: string; insecureSkipVerify?: boolean; secretName?: string };
+  grpc?: { service?: string };
 }
 
 export interface ExternalBackendSpec {
@@ -103,28 +101,6 @@ export interface ExternalBackendStatus {
   conditions?: Condition[];
 }
 
-export interface ObjectMeta {
-  name: string;
-  namespace?: string;
-  uid?: string;
-  generation?: number;
-  resourceVersion?: string;
-  creationTimestamp?: string;
-  deletionTimestamp?: string;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-  ownerReferences?: OwnerReference[];
-}
-
-export interface OwnerReference {
-  apiVersion: string;
-  kind: string;
-  name: string;
-  uid: string;
-  controller?: boolean;
-  blockOwnerDeletion?: boolean;
-}
-
 export interface ExternalBackend {
   apiVersion: typeof API_VERSION;
   kind: typeof KIND;
@@ -133,10 +109,12 @@ export interface ExternalBackend {
   status?: ExternalBackendStatus;
 }
 
-/** Any Kubernetes object as it comes off the wire. */
-export interface KubeObject {
-  apiVersion?: string;
-  kind?: string;
-  metadata: ObjectMeta;
-  [field: string]: unknown;
+/** A spec port's name as Services and EndpointSlices carry it ('' when unnamed). */
+export function portName(p: BackendPort): string {
+  return p.name ?? '';
+}
+
+/** The target port one address serves a spec port on. */
+export function targetPortFor(address: BackendAddress, port: BackendPort): number {
+  return (port.name ? address.targetPorts?.[port.name] : undefined) ?? port.targetPort ?? port.port;
 }
