@@ -1,7 +1,8 @@
 // ExternalBackendPolicy as the operator applies it: a pure function of the policies,
 // the namespace's labels and one address.
 import test from 'ava';
-import { hostnameAllowed, matchingPolicies, outsidePorts, refuseByPolicy, refuseSpecByPolicy, selectorMatches, type PolicyAddress } from '../../src/operator/address-policy.ts';
+import { buildAddressPolicy, hostnameAllowed, matchingPolicies, outsidePorts, POLICY_REASON, refuseByPolicy, refuseSpecByPolicy, selectorMatches, type PolicyAddress } from '../../src/operator/address-policy.ts';
+import { AddressResolver, type PolicyCheck } from '../../src/operator/address-resolver.ts';
 import type { ExternalBackendPolicy, ExternalBackendPolicySpec, LabelSelector } from '../../src/api/external-backend-policy.ts';
 
 function policy(name: string, spec: Partial<ExternalBackendPolicySpec>): ExternalBackendPolicy {
@@ -105,4 +106,25 @@ test('hostname patterns: only "*." is a wildcard', (t) => {
   t.true(hostnameAllowed(['*.db.internal'], 'a.db.internal'));
   t.false(hostnameAllowed(['a*.db.internal'], 'ab.db.internal'));
   t.false(hostnameAllowed([], 'a.db.internal'));
+});
+
+test('the resolver: built-in refusals first, then the policy; a refused name is not looked up', async (t) => {
+  const looked: string[] = [];
+  const answers: Record<string, string[]> = { 'db.example.test': ['198.51.100.5', '192.0.2.9', '127.0.0.1'] };
+  const resolver = new AddressResolver((name) => {
+    looked.push(name);
+    return Promise.resolve({ addresses: answers[name] ?? [], ttlSeconds: 30 });
+  });
+  const p = policy('lab', { allowedCIDRs: ['198.51.100.0/24'], allowedHostnames: ['*.example.test'] });
+  const check: PolicyCheck = (address, ip) => refuseByPolicy([p], {}, ip === undefined ? { hostname: address.hostname } : { ip }, open);
+  const cluster = buildAddressPolicy({ serviceCIDRs: [], podCIDRs: [], nodeIPs: [], apiServerIPs: [] }, false);
+  const { resolved } = await resolver.resolve([{ hostname: 'db.example.test' }, { hostname: 'other.test' }, { ip: '192.0.2.1' }, { ip: '198.51.100.1' }], cluster, check);
+  const [name, other, outside, inside] = resolved;
+  t.deepEqual(name!.ips, ['198.51.100.5']);
+  t.deepEqual(name!.refused?.map((r) => [r.ip, r.policy]), [['192.0.2.9', 'lab'], ['127.0.0.1', undefined]]);
+  t.regex(name!.refused![1]!.message, /loopback/);
+  t.deepEqual(other!.problem, { reason: POLICY_REASON, message: 'ExternalBackendPolicy lab does not allow hostname other.test (allowedHostnames: *.example.test)' });
+  t.deepEqual(looked, ['db.example.test'], 'the refused name was not looked up');
+  t.deepEqual([outside!.ips, outside!.problem?.reason], [[], POLICY_REASON]);
+  t.deepEqual(inside!.ips, ['198.51.100.1']);
 });
