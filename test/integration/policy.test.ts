@@ -190,7 +190,8 @@ test('the policy itself is validated: CIDRs, host bits, hostnames, port ranges, 
     ['allowedServiceTypes: [ExternalName]', /Unsupported value/],
   ];
   for (const [spec, message] of bad) {
-    const yaml = `apiVersion: extbackend.io/v1alpha1\nkind: ExternalBackendPolicy\nmetadata: {name: bad-${randomBytes(3).toString('hex')}}\nspec:\n  namespaceSelector: {}\n${spec.replace(/^/gm, '  ')}\n`;
+    // A selector no namespace matches: were a bad policy accepted, it would restrict nobody else's tests.
+    const yaml = `apiVersion: extbackend.io/v1alpha1\nkind: ExternalBackendPolicy\nmetadata: {name: bad-${randomBytes(3).toString('hex')}}\nspec:\n  namespaceSelector: {matchLabels: {${TEAM_LABEL}: nobody}}\n${spec.replace(/^/gm, '  ')}\n`;
     const error = await applyYaml(yaml).then(
       () => 'accepted',
       (err: Error) => err.message,
@@ -318,7 +319,7 @@ test('a user with the shipped edit role manages ExternalBackends but cannot touc
   );
   // kubectl patch reads the object first; either verb refused means no write.
   t.regex(patch, new RegExp(`Forbidden.*User "${user}" cannot (get|patch) resource "externalbackendpolicies"`));
-  const create = await kubectl([...as, 'apply', '-f', '-'], `apiVersion: extbackend.io/v1alpha1\nkind: ExternalBackendPolicy\nmetadata: {name: alice-${team}}\nspec: {namespaceSelector: {}}\n`).then(
+  const create = await kubectl([...as, 'apply', '-f', '-'], `apiVersion: extbackend.io/v1alpha1\nkind: ExternalBackendPolicy\nmetadata: {name: alice-${team}}\nspec: {namespaceSelector: {matchLabels: {${TEAM_LABEL}: nobody}}}\n`).then(
     () => 'allowed',
     (err: Error) => err.message,
   );
