@@ -16,6 +16,7 @@ export const operatorFlags: FlagSpecs = {
   'service-cidr': { type: 'list', help: 'extra service CIDRs to refuse (comma-separated), besides the ServiceCIDR objects' },
   'pod-cidr': { type: 'list', help: 'extra pod CIDRs to refuse (comma-separated), besides the nodes\' podCIDRs' },
   'dns-server': { type: 'list', help: 'DNS servers for hostnames, e.g. 10.96.0.10 or 127.0.0.1:5353 (default: the system resolver\'s)' },
+  'require-policy': { type: 'boolean', help: 'publish nothing for namespaces no ExternalBackendPolicy matches (default: such namespaces are unrestricted)' },
   'dns-refresh': { type: 'string', help: 'longest time before a hostname is resolved again (shorter when its TTL is)', default: '30s' },
 };
 
@@ -42,6 +43,7 @@ export async function operatorCommand(args: ParsedArgs): Promise<void> {
     extraPodCIDRs: listFlag(args, 'pod-cidr'),
     dnsServers: listFlag(args, 'dns-server'),
     dnsRefreshMs: durationFlag(args, 'dns-refresh') ?? 30_000,
+    requirePolicy: boolFlag(args, 'require-policy'),
     signal: abort.signal,
   });
   const outcome = await running.done;

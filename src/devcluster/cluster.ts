@@ -38,6 +38,8 @@ const CONTROLLERS_WITHOUT_NODES = [
   'root-ca-certificate-publisher-controller',
   'clusterrole-aggregation-controller',
   'service-cidr-controller',
+  // Writes a ValidatingAdmissionPolicy's status.typeChecking (the shipped policy is checked for warnings).
+  'validatingadmissionpolicy-status-controller',
 ];
 
 // With nodes, what makes workloads run: Deployments and DaemonSets become pods, nodes get

@@ -4,7 +4,7 @@
 // is refused then and there.
 import { promises as dns, type RecordWithTtl } from 'node:dns';
 import { canonicalIP } from '../net/ip.ts';
-import { refuseAddress, type AddressPolicy } from './address-policy.ts';
+import { POLICY_REASON, refuseAddress, type AddressPolicy, type PolicyRefusal } from './address-policy.ts';
 import type { ResolvedAddress } from './desired.ts';
 import type { BackendAddress } from '../api/external-backend.ts';
 
@@ -37,6 +37,14 @@ interface CacheEntry {
   expiresAt: number;
   error?: string;
 }
+
+/**
+ * The namespace's ExternalBackendPolicies for one address: with `ip` undefined, the
+ * address as written (its name and ports, before any lookup); else one of its IPs.
+ */
+export type PolicyCheck = (address: BackendAddress, ip?: string) => PolicyRefusal | undefined;
+
+export const NO_POLICY: PolicyCheck = () => undefined;
 
 export interface ResolveResult {
   resolved: ResolvedAddress[];
@@ -82,31 +90,41 @@ export class AddressResolver {
     return pending;
   }
 
-  async resolve(addresses: BackendAddress[], policy: AddressPolicy): Promise<ResolveResult> {
+  async resolve(addresses: BackendAddress[], policy: AddressPolicy, byPolicy: PolicyCheck = NO_POLICY): Promise<ResolveResult> {
     let refreshAt: number | undefined;
+    // The built-in refusals first (their reason names the danger), then the admins' policies.
+    const refuse = (spec: BackendAddress, ip: string): { message: string; policy?: string } | undefined => {
+      const why = refuseAddress(ip, policy);
+      return why ? { message: why } : byPolicy(spec, ip);
+    };
+    const reasonFor = (refused: { policy?: string }[]): string => (refused.some((r) => r.policy) ? POLICY_REASON : 'AddressRefused');
     const resolved = await Promise.all(
       addresses.map(async (spec): Promise<ResolvedAddress> => {
+        const key = spec.ip ?? spec.hostname!;
+        // A name or port the policy refuses is not even looked up.
+        const asWritten = byPolicy(spec);
+        if (asWritten) return { spec, key, ips: [], problem: { reason: POLICY_REASON, message: asWritten.message } };
         if (spec.ip) {
           const ip = canonicalIP(spec.ip) ?? spec.ip;
-          const why = refuseAddress(ip, policy);
-          return why ? { spec, key: spec.ip, ips: [], problem: { reason: 'AddressRefused', message: why }, refused: [{ ip, message: why }] } : { spec, key: spec.ip, ips: [ip] };
+          const why = refuse(spec, ip);
+          return why ? { spec, key, ips: [], problem: { reason: reasonFor([why]), message: why.message }, refused: [{ ip, ...why }] } : { spec, key, ips: [ip] };
         }
         const hostname = spec.hostname!;
         const e = await this.entry(hostname);
         refreshAt = Math.min(refreshAt ?? Infinity, e.expiresAt);
         const ips: string[] = [];
-        const refused: { ip: string; message: string }[] = [];
+        const refused: { ip: string; message: string; policy?: string }[] = [];
         for (const raw of e.addresses) {
           const ip = canonicalIP(raw) ?? raw;
-          const why = refuseAddress(ip, policy);
-          if (why) refused.push({ ip, message: why });
+          const why = refuse(spec, ip);
+          if (why) refused.push({ ip, ...why });
           else if (!ips.includes(ip)) ips.push(ip);
         }
         if (!ips.length) {
           const message = e.error ?? `every address ${hostname} resolves to was refused: ${refused.map((r) => r.message).join('; ')}`;
-          return { spec, key: hostname, ips, problem: { reason: e.error ? 'ResolveFailed' : 'AddressRefused', message }, ...(refused.length ? { refused } : {}) };
+          return { spec, key, ips, problem: { reason: e.error ? 'ResolveFailed' : reasonFor(refused), message }, ...(refused.length ? { refused } : {}) };
         }
-        return { spec, key: hostname, ips, ...(refused.length ? { refused } : {}) };
+        return { spec, key, ips, ...(refused.length ? { refused } : {}) };
       }),
     );
     return { resolved, ...(refreshAt !== undefined ? { refreshAfterMs: Math.max(this.minRefreshMs, refreshAt - Date.now()) } : {}) };

@@ -36,7 +36,7 @@ export interface ResolvedAddress {
   /** Set when nothing of this address can be published (DNS failure, every IP refused). */
   problem?: { reason: string; message: string };
   /** IPs the policy refused, with why (a hostname may resolve to good and bad IPs). */
-  refused?: { ip: string; message: string }[];
+  refused?: { ip: string; message: string; /** the ExternalBackendPolicy that refused it */ policy?: string }[];
 }
 
 /** Health of one IP on one port; every endpoint is healthy when no check is configured. */

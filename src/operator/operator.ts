@@ -15,7 +15,9 @@ import { ProbeScheduler } from '../probes/scheduler.ts';
 import { shortHash } from './desired.ts';
 import { TlsSecrets } from './tls-secrets.ts';
 import { reconcileExternalBackend } from './reconciler.ts';
+import { matchingPolicies } from './address-policy.ts';
 import { GROUP, PLURAL, VERSION, type ExternalBackend } from '../api/external-backend.ts';
+import { POLICY_PLURAL, type ExternalBackendPolicy } from '../api/external-backend-policy.ts';
 import { BACKEND_LABEL, SERVICE_NAME_LABEL } from '../api/labels.ts';
 import type { KubeObject } from '../runtime/kube-object.ts';
 
@@ -35,6 +37,8 @@ export interface OperatorOptions {
   extraPodCIDRs: string[];
   dnsServers?: string[];
   dnsRefreshMs: number;
+  /** --require-policy: a namespace no ExternalBackendPolicy matches may publish nothing. */
+  requirePolicy: boolean;
   /** Probes in flight at once, across all backends (default 512). */
   maxConcurrentProbes?: number;
   signal: AbortSignal;
@@ -50,6 +54,7 @@ export const OPERATOR_DEFAULTS = {
   extraServiceCIDRs: [] as string[],
   extraPodCIDRs: [] as string[],
   dnsRefreshMs: 30_000,
+  requirePolicy: false,
 };
 
 export interface RunningOperator {
@@ -105,6 +110,25 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     log.info('this cluster has no ServiceCIDR API; using --service-cidr only');
     serviceCIDRs = undefined;
   }
+  // ExternalBackendPolicies (cluster-scoped) and the labels they select namespaces by.
+  const policies = informer<ExternalBackendPolicy>(collectionPath(GROUP, VERSION, POLICY_PLURAL));
+  let policiesServed = true;
+  try {
+    await client.get(collectionPath(GROUP, VERSION, POLICY_PLURAL), { limit: 1 });
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+    // An informer on a missing resource would never sync, and the workers would never start.
+    log.warn(`the ExternalBackendPolicy CRD is not installed; no policy applies${o.requirePolicy ? ', and --require-policy refuses every backend' : ''}`);
+    policiesServed = false;
+  }
+  const namespaces = new Informer<KubeObject>({
+    client,
+    path: collectionPath('', 'v1', 'namespaces'),
+    ...(o.namespace ? { fieldSelector: `metadata.name=${o.namespace}` } : {}),
+    log: log.child({ informer: 'namespaces' }),
+  });
+  const tenancy = (ns: string) => ({ policies: policies.list(), labels: namespaces.get(ns)?.metadata.labels ?? {}, requirePolicy: o.requirePolicy });
+
   const facts = (): ClusterNetworkFacts => ({
     serviceCIDRs: [...o.extraServiceCIDRs, ...(serviceCIDRs?.list().flatMap((c) => c.spec?.cidrs ?? []) ?? [])],
     podCIDRs: [...o.extraPodCIDRs, ...nodes.list().flatMap((n) => n.spec?.podCIDRs ?? (n.spec?.podCIDR ? [n.spec.podCIDR] : []))],
@@ -121,7 +145,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   let enqueue: (key: string) => void = () => undefined;
   const probes = new ProbeScheduler({ onChange: (owner) => enqueue(owner), metrics, maxConcurrent: o.maxConcurrentProbes });
   const tlsSecrets = new TlsSecrets(client);
-  const deps = { client, backends, services, slices, endpoints, resolver, policy: () => policy, probes, tlsSecrets, events, log };
+  const deps = { client, backends, services, slices, endpoints, resolver, policy: () => policy, tenancy, probes, tlsSecrets, events, log };
   const controller = new Controller({
     name: 'externalbackend',
     workers: o.workers,
@@ -138,6 +162,11 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   controller.watch(services, ownerKey);
   controller.watch(slices, ownerKey);
   controller.watch(endpoints, ownerKey);
+  // A policy change re-evaluates the backends of every namespace it selected before or selects now
+  // (the controller maps the old object too); a namespace's labels decide which policies apply.
+  const backendsIn = (ns: string): string[] => backends.list().filter((eb) => eb.metadata.namespace === ns).map(objectKey);
+  if (policiesServed) controller.watch(policies, (p) => namespaces.list().filter((n) => matchingPolicies([p], n.metadata.labels ?? {}).length).flatMap((n) => backendsIn(n.metadata.name)));
+  controller.watch(namespaces, (n) => backendsIn(n.metadata.name));
   // A change in cluster networks can change which addresses are allowed: look at every backend again.
   const onFactsChange = (): void => {
     const now = facts();

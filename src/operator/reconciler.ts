@@ -6,8 +6,8 @@ import type { ReconcileResult } from '../runtime/controller.ts';
 import type { EventRecorder } from '../runtime/events.ts';
 import type { Informer } from '../runtime/informer.ts';
 import { ApiError, isNotFound, resourcePath, type KubeClient } from '../runtime/kube-client.ts';
-import type { AddressPolicy } from './address-policy.ts';
-import type { AddressResolver } from './address-resolver.ts';
+import { outsidePorts, POLICY_REASON, refuseByPolicy, refuseSpecByPolicy, type AddressPolicy, type PolicyRefusal } from './address-policy.ts';
+import { NO_POLICY, type AddressResolver, type PolicyCheck } from './address-resolver.ts';
 import type { ProbeScheduler } from '../probes/scheduler.ts';
 import { planProbes } from '../probes/targets.ts';
 import { initialHealth, type TargetHealth } from '../probes/threshold.ts';
@@ -25,6 +25,7 @@ import {
   type ExternalBackendStatus,
   VOLATILE_ADDRESS_FIELDS,
 } from '../api/external-backend.ts';
+import type { ExternalBackendPolicy } from '../api/external-backend-policy.ts';
 import { BACKEND_LABEL, FIELD_MANAGER, LAST_CHANGE_TRIGGER_TIME } from '../api/labels.ts';
 import type { KubeObject } from '../runtime/kube-object.ts';
 
@@ -36,6 +37,8 @@ export interface ReconcilerDeps {
   endpoints: Informer<KubeObject>;
   resolver: AddressResolver;
   policy: () => AddressPolicy;
+  /** The ExternalBackendPolicies in force for a namespace; without it none apply. */
+  tenancy?: (namespace: string) => Tenancy;
   /** Runs health probes; without it every address is healthy. */
   probes?: ProbeScheduler;
   tlsSecrets?: TlsSecrets;
@@ -43,7 +46,28 @@ export interface ReconcilerDeps {
   log: Logger;
 }
 
+export interface Tenancy {
+  /** Every ExternalBackendPolicy; which match is decided against `labels`. */
+  policies: ExternalBackendPolicy[];
+  labels: Record<string, string>;
+  requirePolicy: boolean;
+}
+
 const CONFLICT_RECHECK_MS = 30_000;
+
+/** The namespace's policies as the resolver asks about one address (as written, or one IP of it). */
+function policyCheck(eb: ExternalBackend, tenancy: Tenancy | undefined): PolicyCheck {
+  if (!tenancy) return NO_POLICY;
+  return (address, ip) => {
+    const ports = outsidePorts(eb.spec, address);
+    return refuseByPolicy(tenancy.policies, tenancy.labels, ip === undefined ? { hostname: address.hostname, ports } : { ip, ports }, tenancy);
+  };
+}
+
+/** Everything refused as a whole: no lookups, no probes, nothing published. */
+function refusedWhole(eb: ExternalBackend, refusal: PolicyRefusal): ResolvedAddress[] {
+  return eb.spec.addresses.map((spec) => ({ spec, key: spec.ip ?? spec.hostname!, ips: [], problem: { reason: POLICY_REASON, message: refusal.message } }));
+}
 
 const paths = {
   service: (ns: string, name?: string) => resourcePath({ group: '', version: 'v1', plural: 'services', namespace: ns, name }),
@@ -147,7 +171,9 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   const ns = eb.metadata.namespace!;
   const name = eb.metadata.name;
 
-  const { resolved, refreshAfterMs } = await deps.resolver.resolve(eb.spec.addresses, deps.policy());
+  const tenancy = deps.tenancy?.(ns);
+  const specRefusal = tenancy ? refuseSpecByPolicy(tenancy.policies, tenancy.labels, eb.spec, tenancy) : undefined;
+  const { resolved, refreshAfterMs } = specRefusal ? { resolved: refusedWhole(eb, specRefusal), refreshAfterMs: undefined } : await deps.resolver.resolve(eb.spec.addresses, deps.policy(), policyCheck(eb, tenancy));
   // This backend's slices, read once from the cache for both health and slice writes.
   const mine = deps.slices.list().filter((s) => s.metadata.namespace === ns && s.metadata.labels?.[BACKEND_LABEL] === name);
   const view = await healthView(deps, eb, resolved, key, mine);
@@ -161,6 +187,15 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   let conflict: { reason: string; message: string } | undefined;
   if (service && !ownedBy(service, eb)) {
     conflict = { reason: 'ServiceConflict', message: `Service ${ns}/${name} exists and is not owned by this ExternalBackend; it is left untouched` };
+  } else if (specRefusal) {
+    // A Service type the policy forbids (a NodePort open on every node) must not stay, nor any other of a refused backend.
+    if (service) {
+      await client.delete(paths.service(ns, name), {}, { preconditions: { uid: service.metadata.uid } }).catch((err: unknown) => {
+        if (!isNotFound(err)) throw err;
+      });
+      deps.services.assumeDeleted(key);
+      service = undefined;
+    }
   } else {
     if (service && needsRecreate(service, eb)) {
       events.event(eb as unknown as KubeObject, 'Normal', 'RecreatingService', `Service ${name} is recreated: its cluster IP cannot change in place (${String((service.spec as { clusterIP?: string }).clusterIP)} -> ${isHeadless(eb) ? 'None' : (eb.spec.service?.clusterIP ?? 'allocated')})`);
@@ -191,10 +226,11 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   const spec = service?.spec as { clusterIP?: string; ipFamilies?: string[] } | undefined;
   const clusterIP = spec?.clusterIP;
   const serviceFamilies = clusterIP && clusterIP !== 'None' ? spec?.ipFamilies?.map((f): 4 | 6 => (f === 'IPv6' ? 6 : 4)) : undefined;
-  const status = computeStatus({ eb, resolved, health, desired, conflict, clusterIP, serviceFamilies, now, probes: view.probes });
+  const status = computeStatus({ eb, resolved, health, desired, conflict, policyRefusal: specRefusal, clusterIP, serviceFamilies, now, probes: view.probes });
   if (!statusEqual(eb.status, status)) {
     deps.backends.assume(await client.apply<ExternalBackend>(paths.status(ns, name), { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: ns }, status }, FIELD_MANAGER));
     emitTransitionEvents(events, eb, eb.status, status);
+    emitPolicyRefusals(events, eb, eb.status, resolved);
   }
   if (conflict) log.debug('not writing owned objects', { key, reason: conflict.reason });
 
@@ -268,6 +304,17 @@ async function reconcileEndpoints(deps: ReconcilerDeps, eb: ExternalBackend, des
   }
   if (!current || !containsDesired(current, desired)) deps.endpoints.assume(await deps.client.apply<KubeObject>(paths.endpoints(ns, name), desired, FIELD_MANAGER));
   return undefined;
+}
+
+/** One Warning per address an ExternalBackendPolicy newly refuses (the previous status did not show it). */
+function emitPolicyRefusals(events: EventRecorder, eb: ExternalBackend, before: ExternalBackendStatus | undefined, resolved: ResolvedAddress[]): void {
+  const shown = new Set((before?.addresses ?? []).flatMap((a) => [a.message ?? '']));
+  for (const r of resolved) {
+    const messages = [...(r.problem?.reason === POLICY_REASON ? [r.problem.message] : []), ...(r.refused ?? []).filter((x) => x.policy).map((x) => x.message)];
+    for (const message of new Set(messages)) {
+      if (![...shown].some((s) => s.includes(message))) events.event(eb as unknown as KubeObject, 'Warning', POLICY_REASON, `${r.key}: ${message}`);
+    }
+  }
 }
 
 function emitTransitionEvents(events: EventRecorder, eb: ExternalBackend, before: ExternalBackendStatus | undefined, after: ExternalBackendStatus): void {

@@ -2,6 +2,7 @@
 import { type DesiredState, type HealthLookup, type ResolvedAddress } from './desired.ts';
 import type { TargetHealth } from '../probes/threshold.ts';
 import { parseIP } from '../net/ip.ts';
+import { POLICY_REASON } from './address-policy.ts';
 import type { AddressStatus, Condition, ExternalBackend, ExternalBackendStatus } from '../api/external-backend.ts';
 
 export interface StatusInput {
@@ -11,6 +12,8 @@ export interface StatusInput {
   desired: DesiredState;
   /** Why the operator will not write the Service or Endpoints (owned by someone else). */
   conflict?: { reason: string; message: string };
+  /** An ExternalBackendPolicy refuses the backend as a whole (its Service or health-check type, --require-policy). */
+  policyRefusal?: { message: string };
   clusterIP?: string;
   /** The IP families the Service has cluster IPs for (spec.ipFamilies); unknown or headless: no check. */
   serviceFamilies?: (4 | 6)[];
@@ -97,6 +100,8 @@ export function computeStatus(input: StatusInput): ExternalBackendStatus {
 
   const accepted = conflict
     ? condition('Accepted', false, conflict.reason, conflict.message, generation, now, previous)
+    : input.policyRefusal
+      ? condition('Accepted', false, POLICY_REASON, `nothing is published: ${input.policyRefusal.message}`, generation, now, previous)
     : desired.problems.length
       ? condition('Accepted', false, 'InvalidSpec', `ignored: ${desired.problems.join('; ')}`, generation, now, previous)
       : condition('Accepted', true, 'Accepted', 'the spec is valid and the operator owns the Service', generation, now, previous);
@@ -117,7 +122,7 @@ export function computeStatus(input: StatusInput): ExternalBackendStatus {
     ? condition('Degraded', true, 'AddressesNotReady', `not ready: ${listSome(notReady.map((a) => `${a.address} (${a.message ?? a.reason})`))}`, generation, now, previous)
     : condition('Degraded', false, 'AllAddressesReady', 'every address is ready', generation, now, previous);
 
-  const state = accepted.status === 'False' && conflict ? 'Rejected' : ready.status === 'False' ? 'NotReady' : degraded.status === 'True' ? 'Degraded' : 'Ready';
+  const state = accepted.status === 'False' && (conflict || input.policyRefusal) ? 'Rejected' : ready.status === 'False' ? 'NotReady' : degraded.status === 'True' ? 'Degraded' : 'Ready';
   return {
     observedGeneration: generation,
     state,

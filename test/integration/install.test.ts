@@ -52,7 +52,7 @@ test.serial('kubectl kustomize is deterministic and apply -k (also --dry-run=ser
   const first = (await kubectl(['kustomize', REPO_ROOT])).stdout;
   const second = (await kubectl(['kustomize', REPO_ROOT])).stdout;
   t.is(first, second);
-  for (const kind of ['CustomResourceDefinition', 'Namespace', 'ServiceAccount', 'ClusterRole', 'Role', 'Deployment', 'DaemonSet', 'Service', 'ConfigMap']) {
+  for (const kind of ['CustomResourceDefinition', 'Namespace', 'ServiceAccount', 'ClusterRole', 'Role', 'Deployment', 'DaemonSet', 'Service', 'ConfigMap', 'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding']) {
     t.regex(first, new RegExp(`^kind: ${kind}$`, 'm'), kind);
   }
   t.regex(first, /image: ghcr\.io\/extbackend\/extbackend:0\.1\.0/);
@@ -77,11 +77,11 @@ test('the local overlay is the install with the locally built image, and nothing
 });
 
 const allowed: [string, string[]][] = [
-  ['extbackend-operator', ['list externalbackends.extbackend.io', 'patch externalbackends.extbackend.io/status', 'create services', 'delete services', 'patch endpointslices.discovery.k8s.io', 'delete endpointslices.discovery.k8s.io', 'patch endpoints', 'create events', 'watch nodes', 'list servicecidrs.networking.k8s.io', 'get secrets']],
+  ['extbackend-operator', ['list externalbackends.extbackend.io', 'patch externalbackends.extbackend.io/status', 'create services', 'delete services', 'patch endpointslices.discovery.k8s.io', 'delete endpointslices.discovery.k8s.io', 'patch endpoints', 'create events', 'watch nodes', 'list servicecidrs.networking.k8s.io', 'get secrets', 'watch externalbackendpolicies.extbackend.io', 'list namespaces']],
   ['extbackend-agent', ['list services', 'watch endpointslices.discovery.k8s.io', 'get nodes', 'create events']],
 ];
 const denied: [string, string[]][] = [
-  ['extbackend-operator', ['list secrets', 'delete pods', 'create pods', 'patch nodes', 'update externalbackends.extbackend.io', 'create clusterrolebindings.rbac.authorization.k8s.io']],
+  ['extbackend-operator', ['list secrets', 'delete pods', 'create pods', 'patch nodes', 'update externalbackends.extbackend.io', 'create clusterrolebindings.rbac.authorization.k8s.io', 'update externalbackendpolicies.extbackend.io', 'patch namespaces']],
   ['extbackend-agent', ['create services', 'patch endpointslices.discovery.k8s.io', 'get secrets', 'list secrets', 'delete pods', 'patch nodes']],
 ];
 
