@@ -113,6 +113,13 @@ test('nftables: a full sync refills a flushed map and rewrites a chain that lost
     t.like(await applier.apply(state, true), { drifted: 1 }, 'the chain is found short of a rule');
     t.is((await nft(['list', 'chain', nf, stickyShard, chain])).replace(/packets \d+ bytes \d+/g, ''), listing.replace(/ # handle \d+/g, '').replace(/packets \d+ bytes \d+/g, ''));
     t.like(await applier.apply(state, true), { drifted: 0 });
+
+    // A fixed chain (the shard's Service lookup) flushed: every Service of the shard would miss.
+    const lookup = await nft(['list', 'chain', nf, shard, 'services']);
+    await nft(['flush', 'chain', nf, shard, 'services']);
+    t.like(await applier.apply(state, true), { written: 1, drifted: 1 });
+    t.is((await nft(['list', 'chain', nf, shard, 'services'])).replace(/packets \d+ bytes \d+/g, ''), lookup.replace(/packets \d+ bytes \d+/g, ''));
+    t.like(await applier.apply(state, true), { written: 0, drifted: 0 }, 'nothing rewritten once right');
   }
   t.true(ELEMENT_CHECK_BUDGET > 100, 'this small node has every table checked on each full sync');
 });

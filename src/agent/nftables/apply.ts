@@ -15,7 +15,7 @@
 // touched.
 import { runTool } from '../../net/system-command.ts';
 import { MapContent } from './map-content.ts';
-import { isOurTable, type NftElement, type NftState } from './render.ts';
+import { isOurTable, type NftChain, type NftElement, type NftState } from './render.ts';
 
 /** What we know a table holds: chain name -> hash we wrote (undefined: content unknown); sets; maps with their elements (undefined: unknown). */
 interface KnownTable {
@@ -63,8 +63,8 @@ export function parseRuleset(text: string): Map<string, ListedTable> {
   return tables;
 }
 
-/** The elements of each map of one table from `nft -j list table`, as key and value text the way we render them. */
-export function parseTableElements(json: string): Map<string, Map<string, string>> {
+/** The elements of each map, per table, from `nft -j list table|ruleset`, as key and value text the way we render them. */
+export function parseTableElements(json: string): Map<string, Map<string, Map<string, string>>> {
   type Value = string | number | { concat: Value[] } | { goto: { target: string } } | { jump: { target: string } } | { prefix: { addr: string; len: number } };
   const text = (v: Value): string => {
     if (typeof v !== 'object') return String(v);
@@ -73,16 +73,23 @@ export function parseTableElements(json: string): Map<string, Map<string, string
     if ('jump' in v) return `jump ${v.jump.target}`;
     return JSON.stringify(v); // nothing we write: never equal to ours
   };
-  const maps = new Map<string, Map<string, string>>();
-  for (const item of (JSON.parse(json) as { nftables: { map?: { name: string; elem?: [Value, Value][] } }[] }).nftables) {
+  const tables = new Map<string, Map<string, Map<string, string>>>();
+  for (const item of (JSON.parse(json) as { nftables: { map?: { table: string; name: string; elem?: [Value, Value][] } }[] }).nftables) {
     if (!item.map) continue;
+    let maps = tables.get(item.map.table);
+    if (!maps) tables.set(item.map.table, (maps = new Map<string, Map<string, string>>()));
     maps.set(item.map.name, new Map((item.map.elem ?? []).map(([k, v]) => [text(k), text(v)])));
   }
-  return maps;
+  return tables;
 }
 
-/** Elements compared with the kernel per full sync and family (~0.6 s of `nft -j` on a busy 2-core machine). */
-export const ELEMENT_CHECK_BUDGET = 20_000;
+/**
+ * Elements compared with the kernel per full sync and family: listing costs nft 1.0.6
+ * ~70 µs an element on a busy 2-core machine (~0.35 s for 5 000). Every map of a node
+ * with up to ~450 Services (10 endpoints each) is checked on each full sync; at 10 000
+ * Services all are within 22 full syncs.
+ */
+export const ELEMENT_CHECK_BUDGET = 5_000;
 
 /** nft's answer for a table that does not exist (ENOENT from the kernel). */
 export const isNoSuchTable = (err: unknown): boolean => /No such file or directory/.test((err as Error).message) && (err as { code?: unknown }).code !== 'ENOENT';
@@ -110,8 +117,8 @@ export class NftablesApplier {
   private loaded = false;
   /** What the last full read listed, until the next apply has checked the chains it wants against it. */
   private listed: Map<string, ListedTable> | undefined;
-  /** "table chain" -> the rules a versioned chain held when last checked: a same-length edit shows as other text. */
-  private checkedRules = new Map<string, string>();
+  /** "table chain" -> the hash we wrote it with and its rules as printed when last checked (undefined: not read since written). */
+  private checkedRules = new Map<string, { hash: string; text: string | undefined }>();
   /** Where the next element check starts, in the sorted list of our tables. */
   private elementCursor = 0;
   private drifted = 0;
@@ -140,35 +147,49 @@ export class NftablesApplier {
   private async checkElements(): Promise<void> {
     const size = (t: KnownTable): number => [...t.maps.values()].reduce((n, m) => n + (m?.size ?? 0), 0);
     const names = [...this.known.keys()].sort();
+    const picked: string[] = [];
     let spent = 0;
-    let looked = 0;
-    for (; looked < names.length; looked++) {
-      const name = names[(this.elementCursor + looked) % names.length]!;
-      const table = this.known.get(name)!;
-      const elements = size(table);
-      if (looked && spent + elements > ELEMENT_CHECK_BUDGET) break;
+    for (const [i] of names.entries()) {
+      const name = names[(this.elementCursor + i) % names.length]!;
+      const elements = size(this.known.get(name)!);
+      if (picked.length && spent + elements > ELEMENT_CHECK_BUDGET) break;
       spent += elements;
-      if (![...table.maps.values()].some((m) => m)) continue; // nothing known to compare
-      const kernel = parseTableElements(await this.nft(['-j', 'list', 'table', this.family, name]));
+      picked.push(name);
+    }
+    this.elementCursor = names.length ? (this.elementCursor + picked.length) % names.length : 0;
+    const withContent = picked.filter((name) => [...this.known.get(name)!.maps.values()].some((m) => m));
+    if (!withContent.length) return;
+    // Every table at once is one nft process (a small node); else one per table.
+    const listings = picked.length === names.length ? [await this.nft(['-j', 'list', 'ruleset', this.family])] : await Promise.all(withContent.map((name) => this.nft(['-j', 'list', 'table', this.family, name])));
+    const kernel = new Map<string, Map<string, Map<string, string>>>();
+    for (const listing of listings) for (const [table, maps] of parseTableElements(listing)) kernel.set(table, maps);
+    for (const name of withContent) {
+      const table = this.known.get(name)!;
       for (const [map, content] of table.maps) {
-        if (!content || content.matches(kernel.get(map) ?? new Map())) continue;
+        if (!content || content.matches(kernel.get(name)?.get(map) ?? new Map())) continue;
         table.maps.set(map, undefined);
         this.drifted++;
       }
     }
-    this.elementCursor = names.length ? (this.elementCursor + looked) % names.length : 0;
   }
 
-  /** True when a versioned chain still holds as many rules as we wrote, and the same ones as when last checked. */
-  private holdsRules(table: string, name: string, wanted: number, rules: string[]): boolean {
-    const key = `${table} ${name}`;
+  /**
+   * True when a chain in the kernel holds `c`'s rules: as many as we wrote, printed as
+   * they were when last checked. The printed form is learned on the first full read
+   * after we wrote the chain, or, for a versioned chain (its name says its content), on
+   * the first read at all.
+   */
+  private holdsRules(table: string, c: NftChain, rules: string[]): boolean {
+    const key = `${table} ${c.name}`;
     const text = rules.join('\n');
     const last = this.checkedRules.get(key);
-    if (rules.length !== wanted || (last !== undefined && last !== text)) {
+    const mine = last?.hash === c.hash ? last : undefined; // what we wrote it with, if it is what we want now
+    const trusted = mine?.text !== undefined ? mine.text === text : mine !== undefined || c.versioned;
+    if (rules.length !== c.rules.length || !trusted) {
       this.checkedRules.delete(key);
       return false;
     }
-    this.checkedRules.set(key, text);
+    this.checkedRules.set(key, { hash: c.hash, text });
     return true;
   }
 
@@ -176,29 +197,25 @@ export class NftablesApplier {
     this.drifted = 0;
     if (full || !this.loaded) await this.load();
     if (this.listed) {
-      const checked = new Map<string, string>();
       for (const table of state.tables) {
         const inKernel = this.listed.get(table.name);
         const known = this.known.get(table.name);
         if (!inKernel || !known) continue;
         for (const c of table.chains) {
           const rules = inKernel.chains.get(c.name);
-          if (!c.versioned || !rules) continue;
-          if (this.holdsRules(table.name, c.name, c.rules.length, rules)) {
-            known.chains.set(c.name, c.hash);
-            checked.set(`${table.name} ${c.name}`, this.checkedRules.get(`${table.name} ${c.name}`)!);
-          } else {
-            this.drifted++;
-          }
+          if (!rules) continue;
+          // Ours with this content (by name, or by what we wrote), yet not holding it: changed behind our back.
+          const oursAsWanted = c.versioned || this.checkedRules.get(`${table.name} ${c.name}`)?.hash === c.hash;
+          if (this.holdsRules(table.name, c, rules)) known.chains.set(c.name, c.hash);
+          else if (oursAsWanted) this.drifted++;
         }
       }
-      // Only chains we still want are remembered (versioned names come and go with their content).
-      this.checkedRules = checked;
       this.listed = undefined;
     }
     const lines: string[] = [];
     const deletes: string[] = [];
     const written: string[] = [];
+    const rewritten = new Set<string>();
     let elements = 0;
     let deleted = 0;
     const wantedTables = new Set(state.tables.map((t) => t.name));
@@ -220,6 +237,7 @@ export class NftablesApplier {
           // The first rule also counts what enters the chain.
           lines.push(`chain ${c.name} {`, ...c.rules.map((r, i) => (i ? r : `counter ${r}`)), '}');
           written.push(c.name);
+          rewritten.add(`${table.name} ${c.name}`);
         }
         lines.push('}');
       }
@@ -259,6 +277,16 @@ export class NftablesApplier {
         throw err;
       }
     }
+    // Only chains we still want are remembered (versioned names come and go with their content).
+    const checked = new Map<string, { hash: string; text: string | undefined }>();
+    for (const table of state.tables) {
+      for (const c of table.chains) {
+        const key = `${table.name} ${c.name}`;
+        const last = this.checkedRules.get(key);
+        checked.set(key, last?.hash === c.hash && !rewritten.has(key) ? last : { hash: c.hash, text: undefined });
+      }
+    }
+    this.checkedRules = checked;
     this.known.clear();
     for (const table of state.tables) {
       this.known.set(table.name, {
