@@ -21,7 +21,7 @@ import { NftablesApplier } from './nftables/apply.ts';
 import { SliceIndex } from './slice-index.ts';
 import { renderNftables } from './nftables/render.ts';
 import { buildProxyModel, ModelCache, type NodeInput, type ProxyModel, type ServiceInput, type SliceInput } from './model.ts';
-import { SyncRunner } from './sync-runner.ts';
+import { proxyHealth, SyncRunner } from './sync-runner.ts';
 
 const run = promisify(execFile);
 
@@ -220,10 +220,10 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
         address: o.httpAddress,
         metrics,
         checks: {
-          '/healthz': () => (synced && runner.lastSuccess ? undefined : 'not synced yet'),
+          // kube-proxy's contract: /healthz fails once a queued change has waited more than two sync periods.
+          '/healthz': () => (synced ? proxyHealth(runner, Date.now(), 2 * o.syncPeriodMs) : 'not synced yet'),
           '/readyz': () => (synced && runner.lastSuccess ? undefined : 'not synced yet'),
-          // A change waiting longer than two sync periods means the agent is stuck.
-          '/livez': () => (runner.pendingSince !== undefined && Date.now() - runner.pendingSince > 2 * o.syncPeriodMs ? `a change has waited ${Math.round((Date.now() - runner.pendingSince) / 1000)} s` : undefined),
+          '/livez': () => (runner.lastSuccess === undefined ? undefined : proxyHealth(runner, Date.now(), 2 * o.syncPeriodMs)),
         },
       })
     : undefined;
