@@ -21,7 +21,7 @@ import { NftablesApplier } from './nftables/apply.ts';
 import { SliceIndex } from './slice-index.ts';
 import { renderNftables } from './nftables/render.ts';
 import { buildProxyModel, ModelCache, type NodeInput, type ProxyModel, type ServiceInput, type SliceInput } from './model.ts';
-import { SyncRunner } from './sync-runner.ts';
+import { proxyHealth, SyncRunner } from './sync-runner.ts';
 
 const run = promisify(execFile);
 
@@ -85,6 +85,8 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const chainsWritten = metrics.counter('extbackend_agent_chains_written_total', 'Chains (re)written by syncs.');
   const ruleCount = metrics.gauge('extbackend_agent_rules', 'Rules (and, for nftables, map elements) we own, by family.');
   const programming = metrics.histogram('extbackend_network_programming_duration_seconds', 'From a slice change (last-change-trigger-time) to rules in the kernel.', [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]);
+  const driftRepairs = metrics.counter('extbackend_agent_drift_repairs_total', 'Chains and maps of ours that a full sync found changed behind our back, and rewrote.');
+  const healthCheckListenErrors = metrics.counter('extbackend_agent_health_check_listen_errors_total', 'healthCheckNodePort servers that could not listen (retried on the next sync).');
   const servicePorts = metrics.gauge('extbackend_agent_service_ports', 'Service ports programmed on this node.');
 
   const services = new Informer<Obj>({ client, path: resourcePath({ group: '', version: 'v1', plural: 'services' }), labelSelector: `${PROXY_NAME_LABEL}=${PROXY_NAME}`, log });
@@ -114,6 +116,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     const phases: Record<string, number> = { modelMs: Math.round(performance.now() - started) };
     let written = 0;
     let elements = 0;
+    let drifted = 0;
     const names: string[] = [];
     const syncFamily = async (family: 4 | 6): Promise<void> => {
       const before = performance.now();
@@ -121,6 +124,8 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       phases[`ipv${family}Ms`] = Math.round(performance.now() - before);
       written += result.written;
       elements += result.elements ?? 0;
+      drifted += result.drifted ?? 0;
+      if (result.drifted) driftRepairs.inc({ family: String(family) }, result.drifted);
       names.push(...(result.names ?? []));
       chainsWritten.inc({ family: String(family) }, result.written);
       ruleCount.set(result.rules, { family: String(family) });
@@ -138,7 +143,8 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     pendingTriggers = [];
     // nftables Services are mostly map elements: a change may write elements and no chain.
     const fields = { full, ports: model.ports.length, chainsWritten: written, ...(elements ? { elementsChanged: elements } : {}), ms: Math.round(seconds * 1000), ...phases, chains: names.slice(0, 6).join(' ') };
-    if (written || elements) log.info('synced', fields);
+    if (drifted) log.warn('repaired rules changed behind our back', { drifted, ...fields });
+    else if (written || elements) log.info('synced', fields);
     else log.debug('synced', fields);
   };
 
@@ -170,13 +176,17 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
         continue;
       }
       const server = http.createServer(handler);
-      await new Promise<void>((resolve) => {
-        server.once('error', (err) => {
-          log.warn('cannot listen on healthCheckNodePort', { port, error: err.message });
-          resolve();
-        });
-        server.listen(port, resolve);
+      const listenError = await new Promise<Error | undefined>((resolve) => {
+        server.once('error', resolve);
+        server.listen(port, () => resolve(undefined));
       });
+      if (listenError) {
+        // Not kept: the next sync tries again (the port may be free by then).
+        server.close();
+        healthCheckListenErrors.inc();
+        log.warn('cannot listen on healthCheckNodePort; retrying on the next sync', { port, service: `${info.namespace}/${info.name}`, error: listenError.message });
+        continue;
+      }
       hcServers.set(port, server);
     }
   };
@@ -210,10 +220,10 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
         address: o.httpAddress,
         metrics,
         checks: {
-          '/healthz': () => (synced && runner.lastSuccess ? undefined : 'not synced yet'),
+          // kube-proxy's contract: /healthz fails once a queued change has waited more than two sync periods.
+          '/healthz': () => (synced ? proxyHealth(runner, Date.now(), 2 * o.syncPeriodMs) : 'not synced yet'),
           '/readyz': () => (synced && runner.lastSuccess ? undefined : 'not synced yet'),
-          // A change waiting longer than two sync periods means the agent is stuck.
-          '/livez': () => (runner.pendingSince !== undefined && Date.now() - runner.pendingSince > 2 * o.syncPeriodMs ? `a change has waited ${Math.round((Date.now() - runner.pendingSince) / 1000)} s` : undefined),
+          '/livez': () => (runner.lastSuccess === undefined ? undefined : proxyHealth(runner, Date.now(), 2 * o.syncPeriodMs)),
         },
       })
     : undefined;
@@ -244,7 +254,7 @@ interface DataPlane {
   /** The families' syncs are independent (their own tables and processes): run them at once. */
   familiesAtOnce?: boolean;
   /** Programs one family; returns chains written and the rules (and map elements) now owned. */
-  sync(model: ProxyModel, family: 4 | 6, full: boolean): Promise<{ written: number; rules: number; names?: string[]; elements?: number }>;
+  sync(model: ProxyModel, family: 4 | 6, full: boolean): Promise<{ written: number; rules: number; names?: string[]; elements?: number; drifted?: number }>;
 }
 
 function dataPlane(o: AgentOptions, log: Logger): DataPlane {
@@ -282,7 +292,7 @@ function dataPlane(o: AgentOptions, log: Logger): DataPlane {
           for (const c of table.chains) rules += c.rules.length;
           for (const m of table.maps.values()) for (const g of m.groups) rules += g.length;
         }
-        return { written: r.written, names: r.names, rules, elements: r.elements };
+        return { written: r.written, names: r.names, rules, elements: r.elements, drifted: r.drifted };
       },
     };
   }
@@ -291,7 +301,7 @@ function dataPlane(o: AgentOptions, log: Logger): DataPlane {
     sync: async (model, family, full) => {
       const chains = renderIptables(model, family, { nodePortCIDRs });
       const r = await appliers[family].apply(chains, full);
-      return { written: r.written, rules: chains.reduce((n, c) => n + c.rules.length, 0) };
+      return { written: r.written, rules: chains.reduce((n, c) => n + c.rules.length, 0), drifted: r.drifted };
     },
   };
 }

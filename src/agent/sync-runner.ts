@@ -82,3 +82,14 @@ export class SyncRunner {
     this.schedule(next);
   }
 }
+
+/**
+ * kube-proxy's /healthz rule: unhealthy until the first sync succeeded, and while a
+ * change has waited longer than `limitMs` (two sync periods) to reach the kernel; the
+ * reason, or undefined when healthy.
+ */
+export function proxyHealth(state: { lastSuccess?: number | undefined; pendingSince?: number | undefined }, now: number, limitMs: number): string | undefined {
+  if (state.lastSuccess === undefined) return 'not synced yet';
+  if (state.pendingSince !== undefined && now - state.pendingSince > limitMs) return `a change has waited ${Math.round((now - state.pendingSince) / 1000)} s`;
+  return undefined;
+}

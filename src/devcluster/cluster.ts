@@ -71,6 +71,8 @@ export interface LocalCluster {
   kubeconfigYaml: string;
   server: string;
   apiserverPort: number;
+  /** etcd's client URL (plain HTTP on loopback): fault tests compact it. */
+  etcdUrl: string;
   version: string;
   build: ControlPlaneBuild;
   workDir: string;
@@ -411,6 +413,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
       pki,
       nodes: runningNodes.map((n) => n.node),
       ...(network ? { nodeNetwork: network } : {}),
+      etcdUrl,
       stopComponent,
       startComponent,
       stop,

@@ -75,9 +75,9 @@ test('nftables applier: shards, restarts, one-Service changes and leftovers in a
   for (const s of expectedShards) t.is((await handles(s)).replace(/ # handle \d+/g, ''), before.get(s)!.replace(/ # handle \d+/g, ''), `${s} holds the same rules and elements`);
   const chainHandles = (text: string): string[] => [...text.matchAll(/chain (\S+) \{ # handle (\d+)/g)].map((m) => `${m[1]}#${m[2]}`);
   for (const s of expectedShards) t.deepEqual(chainHandles(await handles(s)), chainHandles(before.get(s)!), `${s}: the same chains, not recreated`);
-  // A periodic full sync of the same agent rewrites the fixed chains and trusts the elements it wrote.
+  // A periodic full sync of the same agent finds the chains and elements it wrote as it wrote them: nothing to write.
   const periodic = await restarted.apply(render(model(false, restartedCache)), true);
-  t.is(periodic.elements, 0);
+  t.like(periodic, { written: 0, elements: 0, drifted: 0 });
   t.deepEqual(periodic.names.filter((n) => /^(svc|ext|sep|slots)-/.test(n)), []);
 
   // One Service changes: three slot elements in its shard, no chain, every other shard untouched.
@@ -102,4 +102,22 @@ test('nftables applier: shards, restarts, one-Service changes and leftovers in a
   t.is(await restarted.cleanup(), 1);
   t.deepEqual(await tables(), ['foreign']);
   t.is(await nft(['list', 'table', 'ip', 'foreign']), foreign);
+});
+
+test('nftables cleanup: a table gone meanwhile is nothing to do; any other failure is reported, not taken for "nothing there"', async (t) => {
+  const host = await createBackendHost(t);
+  const nft: NftRunner = (args, input) => runTool('ip', ['netns', 'exec', host.name, systemCommand('nft'), ...args], input);
+  await new NftablesApplier('ip', nft).apply(render(model(false, new ModelCache(), 3)), true);
+  const ours = [...(await nft(['list', 'tables', 'ip'])).matchAll(/^table ip (\S+)$/gm)].map((m) => m[1]!);
+  t.true(ours.length >= 2);
+  // Without CAP_NET_ADMIN (as a pod without it would run): the kernel refuses, and cleanup says so.
+  const unprivileged: NftRunner = (args, input) => runTool('ip', ['netns', 'exec', host.name, systemCommand('setpriv'), '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', systemCommand('nft'), ...args], input);
+  await t.throwsAsync(new NftablesApplier('ip', unprivileged).cleanup(), { message: /Operation not permitted/ });
+  // Another process removes a table between our listing and our delete: that one is simply gone.
+  const racing: NftRunner = async (args, input) => {
+    if (args[0] === 'delete' && args[3] === ours[0]) await nft(['delete', 'table', 'ip', ours[0]!]);
+    return nft(args, input);
+  };
+  t.is(await new NftablesApplier('ip', racing).cleanup(), ours.length - 1);
+  t.deepEqual([...(await nft(['list', 'tables', 'ip'])).matchAll(/^table ip (\S+)$/gm)], []);
 });

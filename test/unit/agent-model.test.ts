@@ -1,7 +1,7 @@
 // The agent's policy decisions, checked by walking the rendered iptables rules and the
 // rendered nftables table for a packet: every case runs through both.
 import test, { type ExecutionContext } from 'ava';
-import { parseSaved } from '../../src/agent/iptables/apply.ts';
+import { canonicalRule, parseSaved } from '../../src/agent/iptables/apply.ts';
 import { renderIptables } from '../../src/agent/iptables/render.ts';
 import { applyTopologyKeys, buildProxyModel, ModelCache, usableEndpoints, type NodeInput, type ServiceInput, type SliceInput } from '../../src/agent/model.ts';
 import { mapElements, renderNftables } from '../../src/agent/nftables/render.ts';
@@ -195,7 +195,8 @@ test('iptables-save parsing finds our chains and their content hashes only', (t)
     'COMMIT',
   ].join('\n');
   // Only a first rule's hash counts: a chain whose first rule has none is of unknown content.
-  t.deepEqual([...parseSaved(saved, 'nat')], [['XB-SERVICES', '00ff'], ['XB-SVC-ABC', undefined], ['XB-SVC-DEF', 'abcd']]);
+  t.deepEqual([...parseSaved(saved, 'nat')].map(([name, c]) => [name, c.hash, c.rules.length]), [['XB-SERVICES', '00ff', 2], ['XB-SVC-ABC', undefined, 2], ['XB-SVC-DEF', 'abcd', 1]]);
+  t.deepEqual(parseSaved(saved, 'nat').get('XB-SVC-ABC')!.rules, ['-j MARK --or-mark 0x10000', '-m comment --comment "xb-hash:0bbb" -j RETURN']);
   t.deepEqual([...parseSaved(saved, 'filter')], []);
 });
 
@@ -229,4 +230,22 @@ test('model cache: ports come in the same order as an uncached build, as Service
     t.deepEqual(cached, build(services));
     t.deepEqual(cached, [...cached].sort());
   }
+});
+
+test('a rule compares equal to how iptables-save prints it back, and unequal once edited', (t) => {
+  // Rendered -> as iptables-save 1.8.9 (nf_tables) printed it after iptables-restore.
+  const pairs: [string, string][] = [
+    ['-m comment --comment "xb-hash:bb0a88c5869c1491" -d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j XB-SVC-72BRPNL2K9MSKJNO', '-d 10.96.0.1/32 -p tcp -m comment --comment "xb-hash:bb0a88c5869c1491" -m tcp --dport 80 -j XB-SVC-72BRPNL2K9MSKJNO'],
+    ['-m comment --comment "xb-hash:df4a652950d38027 ns/a:http/tcp" -j MARK --or-mark 0x10000', '-m comment --comment "xb-hash:df4a652950d38027 ns/a:http/tcp" -j MARK --set-xmark 0x10000/0x10000'],
+    ['-j MARK --xor-mark 0x10000', '-j MARK --set-xmark 0x10000/0x0'],
+    ['-m statistic --mode random --probability 0.3333333333 -p tcp -j DNAT --to-destination 198.18.0.2:8080', '-p tcp -m statistic --mode random --probability 0.33333333349 -j DNAT --to-destination 198.18.0.2:8080'],
+    ['-m comment --comment "ns/b:http/tcp -> 198.18.0.1:8080" -m recent --name XB-SEP-8GLXLLQCPBBXG4IH --mask 255.255.255.255 --rsource --rcheck --seconds 60 --reap -j XB-SEP-8GLXLLQCPBBXG4IH', '-m comment --comment "ns/b:http/tcp -> 198.18.0.1:8080" -m recent --rcheck --seconds 60 --reap --name XB-SEP-8GLXLLQCPBBXG4IH --mask 255.255.255.255 --rsource -j XB-SEP-8GLXLLQCPBBXG4IH'],
+    ['-d 10.96.0.3/32 -m comment --comment "ns/c:dns/udp has no endpoints" -p udp -m udp --dport 80 -j REJECT', '-d 10.96.0.3/32 -p udp -m comment --comment "ns/c:dns/udp has no endpoints" -m udp --dport 80 -j REJECT --reject-with icmp-port-unreachable'],
+    ['-d fd00::3/128 -p udp -m udp --dport 80 -j REJECT', '-d fd00::3/128 -p udp -m udp --dport 80 -j REJECT --reject-with icmp6-port-unreachable'],
+  ];
+  for (const [rendered, printed] of pairs) t.is(canonicalRule(rendered), canonicalRule(printed), rendered);
+  const [rendered, printed] = pairs[3]!;
+  t.not(canonicalRule(rendered), canonicalRule(printed.replace('198.18.0.2', '198.18.0.9')), 'another endpoint');
+  t.not(canonicalRule(rendered), canonicalRule(printed.replace('0.33333333349', '0.5')), 'another probability');
+  t.not(canonicalRule(pairs[5]![0]), canonicalRule(pairs[5]![1].replace('icmp-port-unreachable', 'tcp-reset')), 'another reject');
 });

@@ -36,3 +36,15 @@ test('an element a re-rendered port keeps (same key, same value) is left in the 
   content.update([[['10.96.0.1 . tcp . 80', 'goto slots-ip-tcp-3-masq-abc'], ['k0', 'a']]]);
   t.deepEqual(content.update([[['10.96.0.1 . tcp . 80', 'goto slots-ip-tcp-3-masq-abc'], ['k0', 'b']]]), { gone: ['k0'], added: [['k0', 'b']] });
 });
+
+test('content matches the kernel\'s elements only when every key has its value and nothing else is there', (t) => {
+  const content = new MapContent();
+  const a: ElementGroup = [['10.96.0.1 . 80 . 0', '198.18.0.1 . 8080'], ['10.96.0.1 . 80 . 1', '198.18.0.2 . 8080']];
+  content.update([a]);
+  t.is(content.size, 2);
+  t.true(content.matches(new Map(a)));
+  t.false(content.matches(new Map()), 'a flushed map');
+  t.false(content.matches(new Map([a[0]!])), 'one element gone');
+  t.false(content.matches(new Map([a[0]!, ['10.96.0.1 . 80 . 1', '198.18.0.9 . 8080']])), 'one value changed');
+  t.false(content.matches(new Map([...a, ['10.96.0.9 . 80 . 0', '198.18.0.1 . 8080']])), 'one element more');
+});

@@ -18,6 +18,21 @@ export class MapContent {
   /** Keys that more live groups carry (the same external IP and port in two Services): who takes over. */
   private readonly shadowed = new Map<string, Set<ElementGroup>>();
 
+  /** Elements the kernel should hold. */
+  get size(): number {
+    return this.owner.size;
+  }
+
+  /** True when `kernel` (key -> value, as the kernel lists them) is exactly this content. */
+  matches(kernel: ReadonlyMap<string, string>): boolean {
+    if (kernel.size !== this.owner.size) return false;
+    for (const [key, group] of this.owner) {
+      const value = kernel.get(key);
+      if (value === undefined || group.find(([k]) => k === key)![1] !== value) return false;
+    }
+    return true;
+  }
+
   /** Makes this content hold `groups`; returns the element changes that do the same in the kernel. */
   update(groups: readonly ElementGroup[]): ElementChanges {
     const current = new Set(groups);
