@@ -186,7 +186,7 @@ test('an operator restart with nothing changed makes zero writes', async (t) => 
 
   const second = await startTestOperator(t, ns);
   await second.settle();
-  const reconciles = second.running.metrics.render().match(/extbackend_reconcile_total\{controller="externalbackend",result="success"\} (\d+)/);
+  const reconciles = (await second.running.metrics.render()).match(/extbackend_reconcile_total\{controller="externalbackend",result="success"\} (\d+)/);
   t.true(Number(reconciles?.[1]) >= 2, 'it did reconcile both backends');
   t.deepEqual(second.writes, [], 'and wrote nothing');
 });
