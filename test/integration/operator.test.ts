@@ -361,7 +361,7 @@ test('/healthz, /readyz and /metrics are served', async (t) => {
   await waitForState(ns, 'http-external', 'Ready');
   const metrics = (await fetchText('/metrics')).body;
   t.regex(metrics, /extbackend_reconcile_total\{controller="externalbackend",result="success"\} [1-9]/);
-  t.regex(metrics, /extbackend_api_writes_total\{resource="services",verb="PATCH"\} 1/);
+  t.regex(metrics, /extbackend_api_writes_total\{verb="PATCH",resource="services"\} 1/);
   t.regex(metrics, /extbackend_reconcile_duration_seconds_count\{controller="externalbackend"\} [1-9]/);
   t.regex(metrics, /extbackend_workqueue_depth\{controller="externalbackend"\} 0/);
 });
