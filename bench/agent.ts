@@ -9,7 +9,8 @@
 // host end of the node's veth, so each connection's first packet walks the proxy's rules.
 // Needs root. Usage: node bench/agent.ts [sizes=1000,5000,10000] [modes=iptables,nftables] [proxies=ours,kube-proxy]
 // Environment: BENCH_FULL_SYNC_TIMEOUT (s, default 600), BENCH_FULL_SYNC_RUNS (fresh starts the
-// first full sync is the median of, default 1), BENCH_AGENT_LOG=1 (our agent's log to stderr).
+// first full sync is the median of, default 1), BENCH_AGENT_LOG=1 (our agent's log to stderr),
+// BENCH_METRICS_OUT=file (our agent's last /metrics page, to compare names).
 import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
@@ -38,6 +39,7 @@ const FULL_SYNC_TIMEOUT_S = Number(process.env.BENCH_FULL_SYNC_TIMEOUT ?? 600);
 const FULL_SYNC_RUNS = Math.max(1, Number(process.env.BENCH_FULL_SYNC_RUNS ?? 1));
 /** BENCH_AGENT_LOG=1: our agent logs at info to stderr (where each sync's time went). */
 const AGENT_LOG = process.env.BENCH_AGENT_LOG === '1';
+const METRICS_OUT = process.env.BENCH_METRICS_OUT;
 
 const cluster = await startLocalCluster();
 let host: BackendHost | undefined;
@@ -202,6 +204,7 @@ try {
         const partialMax = changes[CHANGES - 1]!;
         await client.request('PUT', `${slicePath(space)}/svc-0`, { body: sliceBody(0, 0, space) });
         // kube-proxy's rule-count metrics differ by mode and release: only ours are shown.
+        if (ours && METRICS_OUT) writeFileSync(METRICS_OUT, m);
         const rules = ours ? String(sumMetric(m, /^extbackend_agent_rules\{family="4"\}/)) : '-';
         const latency = await connectLatency(h, probeVip[space]!);
         const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;

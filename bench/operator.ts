@@ -1,7 +1,9 @@
 // Benchmark: N ExternalBackends x M addresses against the local control plane.
 // Prints time to convergence, API writes per object, writes on a restart (resync),
 // and the operator's peak RSS. Usage: node bench/operator.ts [backends] [addresses]
+// Environment: BENCH_METRICS_OUT=file (the resynced operator's last /metrics page, to compare names).
 import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -74,7 +76,9 @@ try {
     if (sumMetric(m, /^extbackend_reconcile_total/) >= backends && /extbackend_workqueue_depth\{[^}]*\} 0/.test(m) && /extbackend_workqueue_active\{[^}]*\} 0/.test(m)) break;
     await sleep(200);
   }
-  const resyncWrites = sumMetric(await operator.metrics(), WRITES, NOT_OBJECTS);
+  const resyncPage = await operator.metrics();
+  const resyncWrites = sumMetric(resyncPage, WRITES, NOT_OBJECTS);
+  if (process.env.BENCH_METRICS_OUT) writeFileSync(process.env.BENCH_METRICS_OUT, resyncPage);
   const rss2 = operator.peakRssMiB();
   await client.close();
 

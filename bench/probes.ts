@@ -19,7 +19,7 @@ const perBackend = 1000;
 const ns = 'bench-probes';
 const PREFIX = '198.19.0.0/18'; // 16k addresses, all answered inside the backend namespace
 const PROBES = /^extbackend_probe_results_total/;
-const FAILED = /^extbackend_probe_results_total\{outcome="(error|failure|timeout)"/;
+const FAILED = /^extbackend_probe_results_total\{[^}]*outcome="(error|failure|timeout)"/;
 
 const address = (i: number): string => `198.19.${Math.floor((i + 2) / 256)}.${(i + 2) % 256}`;
 

@@ -80,12 +80,12 @@ async function clearStaleUdp(before: ProxyModel, after: ProxyModel, log: Logger)
 export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const { client, log } = o;
   const metrics = new Registry();
-  const syncs = metrics.histogram('extbackend_agent_sync_duration_seconds', 'Time one sync of the rules took, full or partial.');
+  const syncs = metrics.histogram('extbackend_agent_sync_duration_seconds', 'Time one sync of the rules took, full or partial.', ['kind']);
   const syncErrors = metrics.counter('extbackend_agent_sync_errors_total', 'Syncs that failed (retried with backoff, then fully).');
-  const chainsWritten = metrics.counter('extbackend_agent_chains_written_total', 'Chains (re)written by syncs.');
-  const ruleCount = metrics.gauge('extbackend_agent_rules', 'Rules (and, for nftables, map elements) we own, by family.');
-  const programming = metrics.histogram('extbackend_network_programming_duration_seconds', 'From a slice change (last-change-trigger-time) to rules in the kernel.', [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]);
-  const driftRepairs = metrics.counter('extbackend_agent_drift_repairs_total', 'Chains and maps of ours that a full sync found changed behind our back, and rewrote.');
+  const chainsWritten = metrics.counter('extbackend_agent_chains_written_total', 'Chains (re)written by syncs.', ['family']);
+  const ruleCount = metrics.gauge('extbackend_agent_rules', 'Rules (and, for nftables, map elements) we own, by family.', ['family']);
+  const programming = metrics.histogram('extbackend_network_programming_duration_seconds', 'From a slice change (last-change-trigger-time) to rules in the kernel.', [], [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]);
+  const driftRepairs = metrics.counter('extbackend_agent_drift_repairs_total', 'Chains and maps of ours that a full sync found changed behind our back, and rewrote.', ['family']);
   const healthCheckListenErrors = metrics.counter('extbackend_agent_health_check_listen_errors_total', 'healthCheckNodePort servers that could not listen (retried on the next sync).');
   const servicePorts = metrics.gauge('extbackend_agent_service_ports', 'Service ports programmed on this node.');
 
@@ -128,7 +128,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
       if (result.drifted) driftRepairs.inc({ family: String(family) }, result.drifted);
       names.push(...(result.names ?? []));
       chainsWritten.inc({ family: String(family) }, result.written);
-      ruleCount.set(result.rules, { family: String(family) });
+      ruleCount.set({ family: String(family) }, result.rules);
     };
     if (plane.familiesAtOnce) await Promise.all([syncFamily(4), syncFamily(6)]);
     else for (const family of [4, 6] as const) await syncFamily(family);
@@ -137,7 +137,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     servicePorts.set(model.ports.length);
     await syncHealthCheckServers(model);
     const seconds = (performance.now() - started) / 1000;
-    syncs.observe(seconds, { kind: full ? 'full' : 'partial' });
+    syncs.observe({ kind: full ? 'full' : 'partial' }, seconds);
     const now = Date.now();
     for (const t of pendingTriggers) programming.observe((now - t) / 1000);
     pendingTriggers = [];

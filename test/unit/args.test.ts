@@ -30,3 +30,20 @@ test('durations and bounded integers', (t) => {
   t.is(intFlag(parseArgs(['--workers=4'], specs), 'workers', 1, 64), 4);
   t.throws(() => intFlag(parseArgs(['--workers=0'], specs), 'workers', 1, 64), { message: /1\.\.64/ });
 });
+
+test('booleans take kube-style values and negations; values after -- are positionals', (t) => {
+  const on = { ...specs, 'leader-elect': { type: 'boolean' as const, help: '', default: 'true' } };
+  t.true(parseArgs([], on).flags['leader-elect'], 'the default applies');
+  t.false(parseArgs(['--leader-elect=false'], on).flags['leader-elect']);
+  t.false(parseArgs(['--no-leader-elect'], on).flags['leader-elect']);
+  t.true(parseArgs(['--leader-elect=true'], on).flags['leader-elect']);
+  t.deepEqual(parseArgs(['--', '--leader-elect=false'], on).positionals, ['--leader-elect=false']);
+});
+
+test('strict parsing: a value on an unknown flag, a short flag and a negated string flag are all refused by name', (t) => {
+  t.throws(() => parseArgs(['--nodename=x'], specs), { instanceOf: UsageError, message: 'unknown flag --nodename' });
+  t.throws(() => parseArgs(['-n', 'x'], specs), { instanceOf: UsageError, message: 'unknown flag -n' });
+  t.throws(() => parseArgs(['--no-node-name'], specs), { instanceOf: UsageError, message: /unknown flag --no-node-name \(only boolean flags/ });
+  t.throws(() => parseArgs(['--node-name', '-x'], specs), { instanceOf: UsageError, message: /--node-name needs a value \(write --node-name=VALUE/ });
+  t.is(stringFlag(parseArgs(['--node-name=-x'], specs), 'node-name'), '-x');
+});
