@@ -143,7 +143,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   const events = new ApiEventRecorder(client, 'extbackend-operator', log);
   // A readiness flip of any probe target re-reconciles its backend; nothing else does.
   let enqueue: (key: string) => void = () => undefined;
-  const probes = new ProbeScheduler({ onChange: (owner) => enqueue(owner), metrics, maxConcurrent: o.maxConcurrentProbes });
+  const probes = new ProbeScheduler({ onChange: (owner) => enqueue(owner), metrics, maxConcurrent: o.maxConcurrentProbes, log: log.child({ component: 'probes' }) });
   const tlsSecrets = new TlsSecrets(client);
   const deps = { client, backends, services, slices, endpoints, resolver, policy: () => policy, tenancy, probes, tlsSecrets, events, log };
   const controller = new Controller({
