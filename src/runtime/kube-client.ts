@@ -32,6 +32,14 @@ export function isNotFound(err: unknown): boolean {
   return err instanceof ApiError && err.code === 404;
 }
 
+/**
+ * The API server refused the object itself (422 Invalid, 400 BadRequest): sending it
+ * again cannot help, the spec that produced it must change.
+ */
+export function isRejected(err: unknown): err is ApiError {
+  return err instanceof ApiError && (err.code === 422 || err.code === 400);
+}
+
 export interface WatchEvent<T> {
   type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
   object: T;
