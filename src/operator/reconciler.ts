@@ -148,6 +148,19 @@ async function healthView(deps: ReconcilerDeps, eb: ExternalBackend, resolved: R
   };
 }
 
+/**
+ * Deletes the object with this uid. Already gone is success; anything else (403, 409
+ * because it was replaced, 500, a timeout) is thrown, so the reconcile is retried and
+ * the cache keeps the object until it really is gone.
+ */
+export async function deleteIgnoringNotFound(client: KubeClient, path: string, uid: string | undefined): Promise<void> {
+  try {
+    await client.delete(path, {}, uid ? { preconditions: { uid } } : undefined);
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+  }
+}
+
 /** Reads from the cache, falling back to a GET for objects our label selector cannot see (someone else's). */
 async function observe(client: KubeClient, cache: Informer<KubeObject>, key: string, path: string): Promise<KubeObject | undefined> {
   const cached = cache.get(key);
@@ -199,9 +212,7 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   } else {
     if (service && needsRecreate(service, eb)) {
       events.event(eb as unknown as KubeObject, 'Normal', 'RecreatingService', `Service ${name} is recreated: its cluster IP cannot change in place (${String((service.spec as { clusterIP?: string }).clusterIP)} -> ${isHeadless(eb) ? 'None' : (eb.spec.service?.clusterIP ?? 'allocated')})`);
-      await client.delete(paths.service(ns, name), {}, { preconditions: { uid: service.metadata.uid } }).catch((err: unknown) => {
-        if (!isNotFound(err)) throw err;
-      });
+      await deleteIgnoringNotFound(client, paths.service(ns, name), service.metadata.uid);
       service = undefined;
     }
     if (!service || !containsDesired(service, desired.service)) {
@@ -292,9 +303,7 @@ async function reconcileSlices(deps: ReconcilerDeps, eb: ExternalBackend, mine: 
     }
   }
   for (const stale of observed.values()) {
-    await deps.client.delete(paths.slice(ns, stale.metadata.name), {}, { preconditions: { uid: stale.metadata.uid } }).catch((err: unknown) => {
-      if (!isNotFound(err)) throw err;
-    });
+    await deleteIgnoringNotFound(deps.client, paths.slice(ns, stale.metadata.name), stale.metadata.uid);
     deps.slices.assumeDeleted(`${ns}/${stale.metadata.name}`);
   }
   return undefined;
@@ -310,7 +319,7 @@ async function reconcileEndpoints(deps: ReconcilerDeps, eb: ExternalBackend, des
   }
   if (!desired) {
     if (current) {
-      await deps.client.delete(paths.endpoints(ns, name), {}, { preconditions: { uid: current.metadata.uid } }).catch(() => undefined);
+      await deleteIgnoringNotFound(deps.client, paths.endpoints(ns, name), current.metadata.uid);
       deps.endpoints.assumeDeleted(key);
     }
     return undefined;
