@@ -92,12 +92,13 @@ test('the CRD refuses what the API server or the HTTP client would refuse later,
 test('a slice the API server refuses (topology too large for one annotation) is Accepted=False with the API server\'s message, not a silent retry', async (t) => {
   const ns = await testNamespace(t);
   await startTestOperator(t, ns);
-  // 100 addresses (one slice) with 16 long topology labels each: about 550 kB of
+  // 100 addresses (one slice) with 16 topology labels of about 310 characters each: about 500 kB of
   // extbackend.io/endpoint-topology, over the 256 kB the API server allows per object's annotations.
-  const key = (i: number): string => `example.com/${'k'.repeat(48)}-${i}`;
+  const key = (i: number): string => `${'p'.repeat(180)}.example.com/${'k'.repeat(48)}-${i}`;
   const topology = `{${Array.from({ length: 16 }, (_, i) => `${key(i)}: ${'v'.repeat(63)}`).join(', ')}}`;
   const addresses = Array.from({ length: 100 }, (_, i) => `{ip: 192.0.2.${i + 1}, topology: ${topology}}`).join(', ');
-  await applyYaml(`apiVersion: extbackend.io/v1alpha1\nkind: ExternalBackend\nmetadata: {name: huge, namespace: ${ns}}\nspec:\n  addresses: [${addresses}]\n  ports: [{port: 80}]\n`);
+  // create, not apply: apply's last-applied annotation alone would be too long for the ExternalBackend.
+  await kubectl(['create', '-f', '-'], `apiVersion: extbackend.io/v1alpha1\nkind: ExternalBackend\nmetadata: {name: huge, namespace: ${ns}}\nspec:\n  addresses: [${addresses}]\n  ports: [{port: 80}]\n`);
   const accepted = await waitFor('Accepted=False', async () => {
     const c = (await status(ns, 'huge'))?.conditions?.find((x) => x.type === 'Accepted');
     return c?.status === 'False' ? c : false;

@@ -1,9 +1,12 @@
 // API errors the operator must not swallow (issue 14): a delete refused by RBAC is
 // retried until it succeeds, and the object stays in the cache until it is really gone.
 import { readFile } from 'node:fs/promises';
+import { Writable } from 'node:stream';
 import * as k8s from '@kubernetes/client-node';
 import test from 'ava';
+import winston from 'winston';
 import { KubeClient } from '../../src/runtime/kube-client.ts';
+import { LeaderElector } from '../../src/runtime/leader-election.ts';
 import { applyYaml, kubectl, testKubeconfig, testNamespace, waitFor } from '../helpers/cluster.ts';
 import { startTestOperator } from '../helpers/operator.ts';
 
@@ -63,8 +66,8 @@ subjects: [{kind: ServiceAccount, name: op, namespace: ${ns}}]
 `);
   t.teardown(() => kubectl(['delete', 'clusterrole,clusterrolebinding', `${ns}-cluster-reads`, '--ignore-not-found']).then(() => undefined));
   const client = await serviceAccountClient(ns, 'op');
+  t.teardown(() => client.close()); // teardowns run last-first: after the operator stopped
   const op = await startTestOperator(t, ns, { client });
-  t.teardown(() => client.close());
   const xb = (legacy: boolean): string => `
 apiVersion: extbackend.io/v1alpha1
 kind: ExternalBackend
@@ -88,4 +91,24 @@ spec:
   await waitFor('the retried delete to remove the Endpoints object', async () => (await kubectl(['-n', ns, 'get', 'endpoints', 'legacy', '--ignore-not-found', '-o', 'name'])).stdout.trim() === '');
   await op.settle();
   t.pass();
+});
+
+test('a missing Lease namespace is reported once with what to do: apply -k, --leader-election-namespace or --leader-elect=false', async (t) => {
+  const lines: string[] = [];
+  const log = winston.createLogger({ level: 'warn', format: winston.format.json(), transports: [new winston.transports.Stream({ stream: new Writable({ write: (chunk: Buffer, _enc, done) => (lines.push(chunk.toString()), done()) }) })] });
+  const client = await KubeClient.fromEnvironment(testKubeconfig());
+  t.teardown(() => client.close());
+  const elector = new LeaderElector({ client, namespace: 'no-such-namespace-for-leases', name: 'extbackend-operator', identity: 'x', retryPeriodMs: 100, log });
+  const abort = new AbortController();
+  const acquiring = elector.acquire(abort.signal);
+  await waitFor('the first failed attempt', () => lines.length >= 1);
+  await new Promise((r) => setTimeout(r, 1000)); // about ten more attempts, 100 ms apart
+  abort.abort();
+  await t.throwsAsync(acquiring, { message: /stopped before acquiring/ });
+  t.is(lines.length, 1, 'said once, not every retry period');
+  const message = (JSON.parse(lines[0]!) as { error: string }).error;
+  t.regex(message, /namespace "no-such-namespace-for-leases" does not exist/);
+  t.regex(message, /kubectl apply -k/);
+  t.regex(message, /--leader-election-namespace=/);
+  t.regex(message, /--leader-elect=false/);
 });
