@@ -11,7 +11,7 @@ import { LeaderElector } from '../runtime/leader-election.ts';
 import { Registry } from '../runtime/metrics.ts';
 import { buildAddressPolicy, type AddressPolicy, type ClusterNetworkFacts } from './address-policy.ts';
 import { AddressResolver, dnsLookup } from './address-resolver.ts';
-import { ProbeScheduler } from '../probes/scheduler.ts';
+import { ProbeScheduler, type SchedulerOptions } from '../probes/scheduler.ts';
 import { shortHash } from './desired.ts';
 import { TlsSecrets } from './tls-secrets.ts';
 import { reconcileExternalBackend, type ReconcilerDeps } from './reconciler.ts';
@@ -42,6 +42,8 @@ export interface OperatorOptions {
   requirePolicy: boolean;
   /** Probes in flight at once, across all backends (default 512). */
   maxConcurrentProbes?: number;
+  /** Runs one probe (default: the real one). The fuzz suite replaces it so generated addresses are never contacted. */
+  probe?: SchedulerOptions['probe'];
   signal: AbortSignal;
   /** Hand the lease back on shutdown so a successor need not wait it out (default true). */
   releaseLeaseOnStop?: boolean;
@@ -155,7 +157,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   const events = new ApiEventRecorder(client, 'extbackend-operator', log);
   // A readiness flip of any probe target re-reconciles its backend; nothing else does.
   let enqueue: (key: string) => void = () => undefined;
-  const probes = new ProbeScheduler({ onChange: (owner) => enqueue(owner), metrics, maxConcurrent: o.maxConcurrentProbes, log: log.child({ component: 'probes' }) });
+  const probes = new ProbeScheduler({ onChange: (owner) => enqueue(owner), metrics, maxConcurrent: o.maxConcurrentProbes, log: log.child({ component: 'probes' }), ...(o.probe ? { probe: o.probe } : {}) });
   const tlsSecrets = new TlsSecrets(client);
   const baseDeps = { backends, services, slices, endpoints, resolver, policy: () => policy, tenancy, probes, tlsSecrets, events, log };
   // Writes go through a client fenced by the current term: losing the lease cancels them in flight.

@@ -73,7 +73,7 @@ apiVersion: extbackend.io/v1alpha1
 kind: ExternalBackend
 metadata: {name: legacy, namespace: ${ns}}
 spec:
-  addresses: [{ip: 192.0.2.1}]
+  addresses: [{ip: 198.51.100.1}]
   ports: [{port: 80}]
   endpoints: {legacyEndpoints: ${legacy}}
 `;

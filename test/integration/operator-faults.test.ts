@@ -75,8 +75,8 @@ test('kube-apiserver SIGKILLed for 60 s with leader election on: the operator st
   const ns = `faults-${randomBytes(3).toString('hex')}`;
   await kubectlAt(cluster.kubeconfig, ['create', 'namespace', ns]);
   const op = await replica(t, cluster.kubeconfigYaml, ns, 'only-replica');
-  await kubectlAt(cluster.kubeconfig, ['apply', '-f', '-'], backend(ns, '192.0.2.1'));
-  await waitFor('the first slice', async () => (await publishedIP(cluster, ns)) === '192.0.2.1');
+  await kubectlAt(cluster.kubeconfig, ['apply', '-f', '-'], backend(ns, '198.51.100.1'));
+  await waitFor('the first slice', async () => (await publishedIP(cluster, ns)) === '198.51.100.1');
 
   await cluster.stopComponent('kube-apiserver', 'SIGKILL');
   const downAt = Date.now();
@@ -89,8 +89,8 @@ test('kube-apiserver SIGKILLed for 60 s with leader election on: the operator st
   await waitFor('the operator to lead again', () => op.running.leading(), { timeoutMs: 60_000, intervalMs: 100 });
   const recoveredMs = Date.now() - upAt;
   const editAt = Date.now();
-  await kubectlAt(cluster.kubeconfig, ['-n', ns, 'patch', 'externalbackend', 'web', '--type=merge', '-p', '{"spec":{"addresses":[{"ip":"192.0.2.2"}]}}']);
-  await waitFor('the edit to be published', async () => (await publishedIP(cluster, ns)) === '192.0.2.2', { timeoutMs: 60_000, intervalMs: 100 });
+  await kubectlAt(cluster.kubeconfig, ['-n', ns, 'patch', 'externalbackend', 'web', '--type=merge', '-p', '{"spec":{"addresses":[{"ip":"198.51.100.2"}]}}']);
+  await waitFor('the edit to be published', async () => (await publishedIP(cluster, ns)) === '198.51.100.2', { timeoutMs: 60_000, intervalMs: 100 });
   const publishedMs = Date.now() - editAt;
   t.log(`stepped down ${steppedDownMs} ms after the kill; leading again ${recoveredMs} ms after the API server was healthy; edit published ${publishedMs} ms after it was made`);
   // Bounds: a lease retry period (2 s) plus an informer backoff (at most 5 s) plus slack for a loaded machine.
@@ -109,14 +109,14 @@ test('a leader black-holed from the API server stops writing before the second r
   const a = await replica(t, viaProxy, ns, 'replica-a');
   await waitFor('replica a to lead', () => a.running.leading());
   const b = await replica(t, cluster.kubeconfigYaml, ns, 'replica-b');
-  await kubectlAt(cluster.kubeconfig, ['apply', '-f', '-'], backend(ns, '192.0.2.1'));
-  await waitFor('the first slice', async () => (await publishedIP(cluster, ns)) === '192.0.2.1');
+  await kubectlAt(cluster.kubeconfig, ['apply', '-f', '-'], backend(ns, '198.51.100.1'));
+  await waitFor('the first slice', async () => (await publishedIP(cluster, ns)) === '198.51.100.1');
   t.deepEqual(b.writes, [], 'the standby wrote nothing');
 
   proxy.blackhole();
   const holedAt = Date.now();
   // An edit a can no longer see or write; b must publish it once it leads.
-  await kubectlAt(cluster.kubeconfig, ['-n', ns, 'patch', 'externalbackend', 'web', '--type=merge', '-p', '{"spec":{"addresses":[{"ip":"192.0.2.2"}]}}']);
+  await kubectlAt(cluster.kubeconfig, ['-n', ns, 'patch', 'externalbackend', 'web', '--type=merge', '-p', '{"spec":{"addresses":[{"ip":"198.51.100.2"}]}}']);
   let aSteppedDownAt = 0;
   let bLeadsAt = 0;
   await waitFor('replica b to lead', () => {
@@ -124,7 +124,7 @@ test('a leader black-holed from the API server stops writing before the second r
     if (!bLeadsAt && b.running.leading()) bLeadsAt = Date.now();
     return bLeadsAt > 0;
   }, { timeoutMs: 60_000, intervalMs: 20 });
-  await waitFor('the edit to be published by b', async () => (await publishedIP(cluster, ns)) === '192.0.2.2', { timeoutMs: 30_000 });
+  await waitFor('the edit to be published by b', async () => (await publishedIP(cluster, ns)) === '198.51.100.2', { timeoutMs: 30_000 });
   const aLastWrite = Math.max(0, ...a.writes);
   t.log(`a stepped down ${aSteppedDownAt - holedAt} ms after the black hole; b took over ${bLeadsAt - holedAt} ms after it; gap ${bLeadsAt - aSteppedDownAt} ms`);
   t.true(aSteppedDownAt > 0 && aSteppedDownAt < bLeadsAt, 'a stepped down before b led');

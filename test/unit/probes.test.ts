@@ -85,7 +85,7 @@ const unsendable: [string, Parameters<typeof runProbe>[2], RegExp][] = [
 
 for (const [what, spec, message] of unsendable) {
   test(`a probe Node refuses to send (${what}) is a failed probe with the reason, never a throw`, async (t) => {
-    const result = await runProbe('192.0.2.1', 80, spec);
+    const result = await runProbe('198.51.100.1', 80, spec);
     t.false(result.ok);
     t.is(result.outcome, 'error');
     t.regex(result.error ?? '', message);
@@ -105,7 +105,7 @@ test('the scheduler turns a probe that throws or rejects into a failed result an
     },
   });
   t.teardown(() => scheduler.stop());
-  scheduler.setTargets('ns/a', [{ key: 'k', owner: 'ns/a', ip: '192.0.2.1', port: 80, spec: { type: 'tcp', timeoutMs: 10 }, thresholds: { successThreshold: 1, failureThreshold: 1 }, periodMs: 20, initialDelayMs: 0 }]);
+  scheduler.setTargets('ns/a', [{ key: 'k', owner: 'ns/a', ip: '198.51.100.1', port: 80, spec: { type: 'tcp', timeoutMs: 10 }, thresholds: { successThreshold: 1, failureThreshold: 1 }, periodMs: 20, initialDelayMs: 0 }]);
   const health = await new Promise<TargetHealth>((resolve) => {
     const poll = setInterval(() => {
       const h = scheduler.health('k');
