@@ -32,32 +32,35 @@ const hostile = fc.oneof(
   fc.string({ unit: 'binary', maxLength: 20 }),
 );
 /** Mostly what a person would write, now and then something hostile: so both paths get cases. */
-const mostly = <T>(valid: fc.Arbitrary<T>, weight = 6): fc.Arbitrary<T | string> => fc.oneof({ weight, arbitrary: valid }, { weight: 1, arbitrary: hostile });
+const mostly = <T>(valid: fc.Arbitrary<T>, weight = 20): fc.Arbitrary<T | string> => fc.oneof({ weight, arbitrary: valid }, { weight: 1, arbitrary: hostile });
+/** A valid value nine times in ten, else an out-of-range one. */
+const rarely = <T, U>(valid: fc.Arbitrary<T>, invalid: fc.Arbitrary<U>): fc.Arbitrary<T | U> => fc.oneof({ weight: 9, arbitrary: valid }, { weight: 1, arbitrary: invalid });
 const label = mostly(fc.stringMatching(/^[a-z0-9]([-a-z0-9.]{0,20}[a-z0-9])?$/));
 // Addresses are never contacted (the probe is replaced) and hostnames never leave the machine (a loopback DNS server).
-const ip = mostly(fc.oneof(fc.integer({ min: 1, max: 254 }).map((n) => `198.51.100.${n}`), fc.integer({ min: 1, max: 254 }).map((n) => `203.0.113.${n}`), fc.integer({ min: 1, max: 0xffff }).map((n) => `2001:db8::${n.toString(16)}`), fc.constantFrom('127.0.0.1', '169.254.169.254', '0.0.0.0', '::', '10.96.0.1', '224.0.0.1'), fc.ipV4()), 4);
-const topology = fc.record({ nodeName: label, zone: label, region: label, topology: fc.dictionary(mostly(fc.constantFrom('example.com/rack', 'rack')), label, { maxKeys: 2 }), weight: fc.integer({ min: 0, max: 300 }) }, { requiredKeys: [] });
+const ip = mostly(fc.oneof(fc.integer({ min: 1, max: 254 }).map((n) => `198.51.100.${n}`), fc.integer({ min: 1, max: 254 }).map((n) => `203.0.113.${n}`), fc.integer({ min: 1, max: 0xffff }).map((n) => `2001:db8::${n.toString(16)}`), fc.constantFrom('127.0.0.1', '169.254.169.254', '0.0.0.0', '::', '10.96.0.1', '224.0.0.1'), fc.ipV4()), 8);
+const topology = fc.record({ nodeName: label, zone: label, region: label, topology: fc.dictionary(mostly(fc.constantFrom('example.com/rack', 'rack')), label, { maxKeys: 2 }), weight: rarely(fc.integer({ min: 1, max: 256 }), fc.constantFrom(0, 257)) }, { requiredKeys: [] });
 const address = fc.oneof(
   fc.tuple(fc.record({ ip }), topology).map(([a, b]) => ({ ...a, ...b })),
   fc.tuple(fc.record({ hostname: mostly(fc.domain()) }), topology).map(([a, b]) => ({ ...a, ...b })),
-  fc.record({ ip, hostname: fc.domain() }),
 );
+const addressOrBoth = fc.oneof({ weight: 15, arbitrary: address }, { weight: 1, arbitrary: fc.record({ ip, hostname: fc.domain() }) });
 const portNumber = mostly(fc.integer({ min: 1, max: 65_535 }), 10) as fc.Arbitrary<number>;
-const port = fc.record({ port: fc.oneof({ weight: 10, arbitrary: fc.integer({ min: 1, max: 65_535 }) }, { weight: 1, arbitrary: fc.integer({ min: -5, max: 70_000 }) }), targetPort: portNumber, protocol: fc.constantFrom('TCP', 'TCP', 'UDP', 'SCTP', 'HTTP'), appProtocol: mostly(fc.constantFrom('http', 'kubernetes.io/h2c')) }, { requiredKeys: ['port'] });
+const port = fc.record({ port: fc.oneof({ weight: 10, arbitrary: fc.integer({ min: 1, max: 65_535 }) }, { weight: 1, arbitrary: fc.integer({ min: -5, max: 70_000 }) }), targetPort: portNumber, protocol: rarely(fc.constantFrom('TCP', 'UDP', 'SCTP'), fc.constant('HTTP')), appProtocol: mostly(fc.constantFrom('http', 'kubernetes.io/h2c')) }, { requiredKeys: ['port'] });
 const ports = fc.oneof(
   port.map((p) => [p]),
   fc.tuple(port, port).map(([a, b]) => [{ ...a, name: 'a' }, { ...b, name: 'b', port: a.port === b.port ? (a.port % 65_535) + 1 : b.port }]),
   fc.array(fc.record({ name: label, port: portNumber }), { maxLength: 3 }),
 );
 const service = fc.oneof(
+  fc.constant({}),
   fc.record({ type: fc.constantFrom('ClusterIP', 'Headless'), sessionAffinity: fc.constantFrom('None', 'ClientIP'), publishNotReadyAddresses: fc.boolean(), proxy: fc.constantFrom('agent', 'kube-proxy') }, { requiredKeys: [] }),
   fc.record({ type: fc.constantFrom('NodePort', 'LoadBalancer'), externalTrafficPolicy: fc.constantFrom('Cluster', 'Local') }, { requiredKeys: ['type'] }),
   fc.record({ topologyKeys: fc.array(mostly(fc.constantFrom('kubernetes.io/hostname', 'topology.kubernetes.io/zone')), { maxLength: 3 }).map((k) => [...k, '*']) }),
-  fc.record({ type: mostly(fc.constantFrom('ClusterIP', 'ExternalName')), clusterIP: mostly(fc.constantFrom('10.96.200.9', '198.51.100.1')), sessionAffinityTimeoutSeconds: fc.integer({ min: -1, max: 90_000 }) }, { requiredKeys: [] }),
+  fc.record({ type: rarely(fc.constant('ClusterIP'), fc.constant('ExternalName')), clusterIP: mostly(fc.constantFrom('10.96.200.9', '198.51.100.1')), sessionAffinityTimeoutSeconds: fc.integer({ min: -1, max: 90_000 }) }, { requiredKeys: [] }),
 );
-const timing = { periodSeconds: fc.integer({ min: 1, max: 5 }), timeoutSeconds: fc.integer({ min: 0, max: 2 }), failureThreshold: fc.integer({ min: 0, max: 11 }) };
+const timing = { periodSeconds: fc.integer({ min: 1, max: 5 }), timeoutSeconds: rarely(fc.constant(1), fc.constantFrom(0, 61)), failureThreshold: rarely(fc.integer({ min: 1, max: 10 }), fc.constantFrom(0, 11)) };
 const healthCheck = fc.oneof(
-  fc.record({ type: fc.constantFrom('tcp', 'icmp'), port: fc.oneof(portNumber, label), ...timing }, { requiredKeys: ['type'] }),
+  fc.record({ type: rarely(fc.constant('tcp'), fc.constant('icmp')), port: fc.oneof(portNumber, label), ...timing }, { requiredKeys: ['type'] }),
   fc.record({
     type: fc.constantFrom('http', 'https'),
     ...timing,
@@ -73,11 +76,11 @@ const healthCheck = fc.oneof(
 );
 const spec = fc.record(
   {
-    addresses: fc.oneof({ weight: 10, arbitrary: fc.array(address, { minLength: 1, maxLength: 3 }) }, { weight: 1, arbitrary: fc.constant([]) }),
+    addresses: fc.oneof({ weight: 10, arbitrary: fc.array(addressOrBoth, { minLength: 1, maxLength: 3 }) }, { weight: 1, arbitrary: fc.constant([]) }),
     ports,
     service,
     healthCheck,
-    endpoints: fc.record({ legacyEndpoints: fc.boolean(), maxEndpointsPerSlice: fc.integer({ min: 0, max: 1001 }) }, { requiredKeys: [] }),
+    endpoints: fc.record({ legacyEndpoints: fc.boolean(), maxEndpointsPerSlice: rarely(fc.integer({ min: 1, max: 1000 }), fc.constantFrom(0, 1001)) }, { requiredKeys: [] }),
   },
   { requiredKeys: ['addresses', 'ports'] },
 );
