@@ -203,9 +203,7 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   } else if (specRefusal) {
     // A Service type the policy forbids (a NodePort open on every node) must not stay, nor any other of a refused backend.
     if (service) {
-      await client.delete(paths.service(ns, name), {}, { preconditions: { uid: service.metadata.uid } }).catch((err: unknown) => {
-        if (!isNotFound(err)) throw err;
-      });
+      await deleteIgnoringNotFound(client, paths.service(ns, name), service.metadata.uid);
       deps.services.assumeDeleted(key);
       service = undefined;
     }
