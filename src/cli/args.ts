@@ -96,6 +96,14 @@ export function intFlag(args: ParsedArgs, name: string, min: number, max: number
   return n;
 }
 
+export function numberFlag(args: ParsedArgs, name: string, min: number, max: number): number | undefined {
+  const v = stringFlag(args, name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name} must be a number in ${min}..${max}, got "${v}"`);
+  return n;
+}
+
 /** Durations like 500ms, 30s, 5m, 1h; a bare number means seconds. */
 export function durationFlag(args: ParsedArgs, name: string): number | undefined {
   const v = stringFlag(args, name);

@@ -1,8 +1,8 @@
 // `extbackend operator`: flags to OperatorOptions, signals to a clean shutdown.
 import { logger } from '../log.ts';
 import { startOperator } from '../operator/operator.ts';
-import { KubeClient } from '../runtime/kube-client.ts';
-import { boolFlag, durationFlag, intFlag, listFlag, stringFlag, type FlagSpecs, type ParsedArgs } from './args.ts';
+import { CLIENT_DEFAULTS, KubeClient } from '../runtime/kube-client.ts';
+import { boolFlag, durationFlag, intFlag, listFlag, numberFlag, stringFlag, type FlagSpecs, type ParsedArgs } from './args.ts';
 import { untilSignal } from './signals.ts';
 
 export const operatorFlags: FlagSpecs = {
@@ -18,11 +18,18 @@ export const operatorFlags: FlagSpecs = {
   'dns-server': { type: 'list', help: 'DNS servers for hostnames, e.g. 10.96.0.10 or 127.0.0.1:5353 (default: the system resolver\'s)' },
   'require-policy': { type: 'boolean', help: 'publish nothing for namespaces no ExternalBackendPolicy matches (default: such namespaces are unrestricted)' },
   'dns-refresh': { type: 'string', help: 'longest time before a hostname is resolved again (shorter when its TTL is)', default: '30s' },
+  'kube-api-qps': { type: 'string', help: 'client-side limit on API requests per second, after a burst', default: String(CLIENT_DEFAULTS.qps) },
+  'kube-api-burst': { type: 'string', help: 'API requests that may go at once before --kube-api-qps applies', default: String(CLIENT_DEFAULTS.burst) },
+  'kube-api-timeout': { type: 'string', help: 'longest wait for the API server to answer one request (lease requests: half the renew deadline)', default: '30s' },
 };
 
 export async function operatorCommand(args: ParsedArgs): Promise<void> {
   const log = logger('operator');
-  const client = await KubeClient.fromEnvironment(stringFlag(args, 'kubeconfig'));
+  const client = await KubeClient.fromEnvironment(stringFlag(args, 'kubeconfig'), {
+    qps: numberFlag(args, 'kube-api-qps', 0.1, 10_000) ?? CLIENT_DEFAULTS.qps,
+    burst: intFlag(args, 'kube-api-burst', 1, 100_000) ?? CLIENT_DEFAULTS.burst,
+    timeoutMs: durationFlag(args, 'kube-api-timeout') ?? CLIENT_DEFAULTS.timeoutMs,
+  });
   const abort = new AbortController();
   void untilSignal().then((sig) => {
     log.info('shutting down', { signal: sig });
@@ -46,10 +53,6 @@ export async function operatorCommand(args: ParsedArgs): Promise<void> {
     requirePolicy: boolFlag(args, 'require-policy'),
     signal: abort.signal,
   });
-  const outcome = await running.done;
+  await running.done;
   await client.close();
-  if (outcome === 'lost') {
-    // Another replica leads now; exit so this one restarts as a clean candidate.
-    process.exitCode = 3;
-  }
 }

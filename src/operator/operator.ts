@@ -11,10 +11,11 @@ import { LeaderElector } from '../runtime/leader-election.ts';
 import { Registry } from '../runtime/metrics.ts';
 import { buildAddressPolicy, type AddressPolicy, type ClusterNetworkFacts } from './address-policy.ts';
 import { AddressResolver, dnsLookup } from './address-resolver.ts';
-import { ProbeScheduler } from '../probes/scheduler.ts';
+import { ProbeScheduler, type SchedulerOptions } from '../probes/scheduler.ts';
 import { shortHash } from './desired.ts';
 import { TlsSecrets } from './tls-secrets.ts';
-import { reconcileExternalBackend } from './reconciler.ts';
+import { reconcileExternalBackend, type ReconcilerDeps } from './reconciler.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { matchingPolicies } from './address-policy.ts';
 import { GROUP, PLURAL, VERSION, type ExternalBackend } from '../api/external-backend.ts';
 import { POLICY_PLURAL, type ExternalBackendPolicy } from '../api/external-backend-policy.ts';
@@ -41,6 +42,8 @@ export interface OperatorOptions {
   requirePolicy: boolean;
   /** Probes in flight at once, across all backends (default 512). */
   maxConcurrentProbes?: number;
+  /** Runs one probe (default: the real one). The fuzz suite replaces it so generated addresses are never contacted. */
+  probe?: SchedulerOptions['probe'];
   signal: AbortSignal;
   /** Hand the lease back on shutdown so a successor need not wait it out (default true). */
   releaseLeaseOnStop?: boolean;
@@ -61,8 +64,10 @@ export interface RunningOperator {
   metrics: Registry;
   /** True once caches synced and no key is queued or being reconciled. */
   idle(): boolean;
-  /** Resolves when the operator stopped; 'lost' when it lost the lease (the process should exit non-zero). */
-  done: Promise<'stopped' | 'lost'>;
+  /** True while this replica leads (always, without leader election). */
+  leading(): boolean;
+  /** Resolves when the operator stopped (its signal aborted). A lost lease does not end it: it steps down and campaigns again. */
+  done: Promise<'stopped'>;
 }
 
 function collectionPath(group: string, version: string, plural: string, namespace?: string): string {
@@ -103,12 +108,21 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   const nodes = informer<NodeLike>(collectionPath('', 'v1', 'nodes'));
   const apiSlices = informer<SliceLike>(collectionPath('discovery.k8s.io', 'v1', 'endpointslices', 'default'), `${SERVICE_NAME_LABEL}=kubernetes`);
   let serviceCIDRs: Informer<ServiceCIDRLike> | undefined = informer<ServiceCIDRLike>(collectionPath('networking.k8s.io', 'v1', 'servicecidrs'));
-  try {
-    await client.get(collectionPath('networking.k8s.io', 'v1', 'servicecidrs'), { limit: 1 });
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-    log.info('this cluster has no ServiceCIDR API; using --service-cidr only');
-    serviceCIDRs = undefined;
+  // Started while the API server is away (a restart during an outage): wait for it, do not exit.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await client.get(collectionPath('networking.k8s.io', 'v1', 'servicecidrs'), { limit: 1 });
+      break;
+    } catch (err) {
+      if (isNotFound(err)) {
+        log.info('this cluster has no ServiceCIDR API; using --service-cidr only');
+        serviceCIDRs = undefined;
+        break;
+      }
+      if (o.signal.aborted) throw err;
+      if (attempt === 0) log.warn('the API server does not answer yet; retrying', { error: (err as Error).message });
+      await sleep(Math.min(5_000, 500 * 2 ** attempt), undefined, { signal: o.signal }).catch(() => undefined);
+    }
   }
   // ExternalBackendPolicies (cluster-scoped) and the labels they select namespaces by.
   const policies = informer<ExternalBackendPolicy>(collectionPath(GROUP, VERSION, POLICY_PLURAL));
@@ -143,15 +157,22 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   const events = new ApiEventRecorder(client, 'extbackend-operator', log);
   // A readiness flip of any probe target re-reconciles its backend; nothing else does.
   let enqueue: (key: string) => void = () => undefined;
-  const probes = new ProbeScheduler({ onChange: (owner) => enqueue(owner), metrics, maxConcurrent: o.maxConcurrentProbes });
+  const probes = new ProbeScheduler({ onChange: (owner) => enqueue(owner), metrics, maxConcurrent: o.maxConcurrentProbes, log: log.child({ component: 'probes' }), ...(o.probe ? { probe: o.probe } : {}) });
   const tlsSecrets = new TlsSecrets(client);
-  const deps = { client, backends, services, slices, endpoints, resolver, policy: () => policy, tenancy, probes, tlsSecrets, events, log };
+  const baseDeps = { backends, services, slices, endpoints, resolver, policy: () => policy, tenancy, probes, tlsSecrets, events, log };
+  // Writes go through a client fenced by the current term: losing the lease cancels them in flight.
+  let deps: ReconcilerDeps = { ...baseDeps, client };
   const controller = new Controller({
     name: 'externalbackend',
     workers: o.workers,
     log,
     metrics,
     reconcile: (key) => reconcileExternalBackend(deps, key),
+  });
+  // Keys that failed while the API server was away go again as soon as it answers.
+  client.onRecovered(() => {
+    const keys = controller.queue.retryNow();
+    log.info('the API server answers again; retrying failed reconciles now', { keys: keys.length });
   });
   enqueue = (key) => controller.queue.add(key);
   controller.watch(backends, (eb) => [objectKey(eb)]);
@@ -197,31 +218,47 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     ? new LeaderElector({ client, namespace: o.leaseNamespace, name: o.leaseName, identity: o.identity ?? `${os.hostname()}_${process.pid}`, log })
     : undefined;
 
-  const done = (async (): Promise<'stopped' | 'lost'> => {
-    try {
-      if (elector) await elector.acquire(o.signal);
-    } catch {
-      healthServer?.close();
-      return 'stopped';
+  // Losing the lease ends a term, not the process: the replica stops writing (its writes
+  // in flight are cancelled), steps down and campaigns again. Exiting instead (what
+  // controller-runtime does) leaves the restart to the kubelet, whose crash-loop backoff
+  // (10 s, doubling to 5 min, reset only after 10 min of running) would delay every
+  // recovery after the first outage; measured in test/integration/operator-faults.test.ts.
+  const factInformers = [nodes, apiSlices, ...(serviceCIDRs ? [serviceCIDRs] : [])];
+  let informersStarted = false;
+  const done = (async (): Promise<'stopped'> => {
+    while (!o.signal.aborted) {
+      try {
+        if (elector) await elector.acquire(o.signal);
+      } catch {
+        break;
+      }
+      const term = new AbortController();
+      const endTerm = (): void => term.abort(new Error('this replica no longer leads'));
+      o.signal.addEventListener('abort', endTerm, { once: true });
+      deps = { ...baseDeps, client: elector ? client.withSignal(term.signal) : client };
+      leader.set(1);
+      if (!informersStarted) {
+        for (const i of factInformers) i.start();
+        await Promise.all(factInformers.map((i) => i.synced));
+        onFactsChange();
+        informersStarted = true;
+      }
+      await controller.startWorkers(term.signal);
+      ready = true;
+      const outcome = elector ? await elector.holdUntil(term.signal, o.releaseLeaseOnStop ?? true) : await new Promise<'released'>((r) => term.signal.addEventListener('abort', () => r('released'), { once: true }));
+      endTerm();
+      o.signal.removeEventListener('abort', endTerm);
+      ready = false;
+      leader.set(0);
+      await controller.stopWorkers();
+      if (outcome === 'lost') log.warn('stepped down: writes stopped; campaigning for the lease again');
     }
-    leader.set(1);
-    const factInformers = [nodes, apiSlices, ...(serviceCIDRs ? [serviceCIDRs] : [])];
-    for (const i of factInformers) i.start();
-    await Promise.all(factInformers.map((i) => i.synced));
-    onFactsChange();
-    await controller.start();
-    ready = true;
-    const holdAbort = new AbortController();
-    o.signal.addEventListener('abort', () => holdAbort.abort(), { once: true });
-    const outcome = elector ? await elector.holdUntil(holdAbort.signal, o.releaseLeaseOnStop ?? true) : await new Promise<'released'>((r) => o.signal.addEventListener('abort', () => r('released'), { once: true }));
-    ready = false;
-    leader.set(0);
     probes.stop();
     await controller.stop();
     await Promise.all(factInformers.map((i) => i.stop()));
     healthServer?.close();
-    return outcome === 'lost' ? 'lost' : 'stopped';
+    return 'stopped';
   })();
 
-  return { metrics, idle, done };
+  return { metrics, idle, leading: () => !elector || elector.isLeader, done };
 }

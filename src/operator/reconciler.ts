@@ -5,7 +5,7 @@ import type { Logger } from '../log.ts';
 import type { ReconcileResult } from '../runtime/controller.ts';
 import type { EventRecorder } from '../runtime/events.ts';
 import type { Informer } from '../runtime/informer.ts';
-import { ApiError, isNotFound, resourcePath, type KubeClient } from '../runtime/kube-client.ts';
+import { isNotFound, isRejected, resourcePath, type ApiError, type KubeClient } from '../runtime/kube-client.ts';
 import { outsidePorts, POLICY_REASON, refuseByPolicy, refuseSpecByPolicy, type AddressPolicy, type PolicyRefusal } from './address-policy.ts';
 import { NO_POLICY, type AddressResolver, type PolicyCheck } from './address-resolver.ts';
 import type { ProbeScheduler } from '../probes/scheduler.ts';
@@ -13,7 +13,7 @@ import { planProbes } from '../probes/targets.ts';
 import { initialHealth, type TargetHealth } from '../probes/threshold.ts';
 import { ALWAYS_HEALTHY, desiredState, isHeadless, stableJson, type HealthLookup, type ResolvedAddress } from './desired.ts';
 import type { TlsSecrets } from './tls-secrets.ts';
-import { computeStatus } from './status.ts';
+import { computeStatus, type Conflict } from './status.ts';
 import {
   API_VERSION,
   GROUP,
@@ -148,6 +148,19 @@ async function healthView(deps: ReconcilerDeps, eb: ExternalBackend, resolved: R
   };
 }
 
+/**
+ * Deletes the object with this uid. Already gone is success; anything else (403, 409
+ * because it was replaced, 500, a timeout) is thrown, so the reconcile is retried and
+ * the cache keeps the object until it really is gone.
+ */
+export async function deleteIgnoringNotFound(client: KubeClient, path: string, uid: string | undefined): Promise<void> {
+  try {
+    await client.delete(path, {}, uid ? { preconditions: { uid } } : undefined);
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+  }
+}
+
 /** Reads from the cache, falling back to a GET for objects our label selector cannot see (someone else's). */
 async function observe(client: KubeClient, cache: Informer<KubeObject>, key: string, path: string): Promise<KubeObject | undefined> {
   const cached = cache.get(key);
@@ -184,24 +197,20 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
 
   // The Service: ours, or someone else's we must not touch.
   let service = await observe(client, deps.services, key, paths.service(ns, name));
-  let conflict: { reason: string; message: string } | undefined;
+  let conflict: Conflict | undefined;
   if (service && !ownedBy(service, eb)) {
     conflict = { reason: 'ServiceConflict', message: `Service ${ns}/${name} exists and is not owned by this ExternalBackend; it is left untouched` };
   } else if (specRefusal) {
     // A Service type the policy forbids (a NodePort open on every node) must not stay, nor any other of a refused backend.
     if (service) {
-      await client.delete(paths.service(ns, name), {}, { preconditions: { uid: service.metadata.uid } }).catch((err: unknown) => {
-        if (!isNotFound(err)) throw err;
-      });
+      await deleteIgnoringNotFound(client, paths.service(ns, name), service.metadata.uid);
       deps.services.assumeDeleted(key);
       service = undefined;
     }
   } else {
     if (service && needsRecreate(service, eb)) {
       events.event(eb as unknown as KubeObject, 'Normal', 'RecreatingService', `Service ${name} is recreated: its cluster IP cannot change in place (${String((service.spec as { clusterIP?: string }).clusterIP)} -> ${isHeadless(eb) ? 'None' : (eb.spec.service?.clusterIP ?? 'allocated')})`);
-      await client.delete(paths.service(ns, name), {}, { preconditions: { uid: service.metadata.uid } }).catch((err: unknown) => {
-        if (!isNotFound(err)) throw err;
-      });
+      await deleteIgnoringNotFound(client, paths.service(ns, name), service.metadata.uid);
       service = undefined;
     }
     if (!service || !containsDesired(service, desired.service)) {
@@ -210,18 +219,15 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
         service = await client.apply<KubeObject>(paths.service(ns, name), desired.service, FIELD_MANAGER);
         deps.services.assume(service);
       } catch (err) {
-        if (err instanceof ApiError && (err.code === 422 || err.code === 400)) {
-          // Semantic rejection by the API server (e.g. a nodePort out of range): tell the user.
-          conflict = { reason: 'ServiceRejected', message: `the API server rejected the Service: ${err.status.message ?? err.message}` };
-        } else throw err;
+        // Semantic rejection by the API server (e.g. a nodePort out of range): tell the user.
+        if (isRejected(err)) conflict = rejection('Service', name, err);
+        else throw err;
       }
     }
   }
 
-  if (!conflict) {
-    await reconcileSlices(deps, eb, mine, desired.slices, now);
-    conflict = await reconcileEndpoints(deps, eb, desired.endpoints);
-  }
+  conflict ??= await reconcileSlices(deps, eb, mine, desired.slices, now);
+  conflict ??= await reconcileEndpoints(deps, eb, desired.endpoints);
 
   const spec = service?.spec as { clusterIP?: string; ipFamilies?: string[] } | undefined;
   const clusterIP = spec?.clusterIP;
@@ -268,7 +274,17 @@ function needsRecreate(service: KubeObject, eb: ExternalBackend): boolean {
   return !!wanted && !isHeadless(eb) && observed !== wanted;
 }
 
-async function reconcileSlices(deps: ReconcilerDeps, eb: ExternalBackend, mine: KubeObject[], desired: KubeObject[], now: string): Promise<void> {
+/**
+ * What the API server refused and why, in its own words. The CRD rejects what it can
+ * see up front; this covers the rest (and any gap between the two), so a spec the API
+ * server will never take shows up in status instead of as a retry loop.
+ */
+function rejection(kind: string, name: string, err: ApiError): Conflict {
+  return { reason: `${kind}Rejected`, message: `the API server rejected ${kind} ${name}: ${err.status.message ?? err.message}` };
+}
+
+/** Writes the slices that differ and deletes stale ones; a slice the API server refuses ends the pass with a Conflict. */
+async function reconcileSlices(deps: ReconcilerDeps, eb: ExternalBackend, mine: KubeObject[], desired: KubeObject[], now: string): Promise<Conflict | undefined> {
   const ns = eb.metadata.namespace!;
   const observed = new Map(mine.filter((s) => ownedBy(s, eb)).map((s) => [s.metadata.name, s]));
   for (const slice of desired) {
@@ -277,17 +293,21 @@ async function reconcileSlices(deps: ReconcilerDeps, eb: ExternalBackend, mine: 
     if (current && containsDesired(current, slice)) continue;
     // The agent measures network-programming latency from this annotation.
     const body = { ...slice, metadata: { ...slice.metadata, annotations: { ...slice.metadata.annotations, [LAST_CHANGE_TRIGGER_TIME]: now } } };
-    deps.slices.assume(await deps.client.apply<KubeObject>(paths.slice(ns, slice.metadata.name), body, FIELD_MANAGER));
+    try {
+      deps.slices.assume(await deps.client.apply<KubeObject>(paths.slice(ns, slice.metadata.name), body, FIELD_MANAGER));
+    } catch (err) {
+      if (isRejected(err)) return rejection('EndpointSlice', slice.metadata.name, err);
+      throw err;
+    }
   }
   for (const stale of observed.values()) {
-    await deps.client.delete(paths.slice(ns, stale.metadata.name), {}, { preconditions: { uid: stale.metadata.uid } }).catch((err: unknown) => {
-      if (!isNotFound(err)) throw err;
-    });
+    await deleteIgnoringNotFound(deps.client, paths.slice(ns, stale.metadata.name), stale.metadata.uid);
     deps.slices.assumeDeleted(`${ns}/${stale.metadata.name}`);
   }
+  return undefined;
 }
 
-async function reconcileEndpoints(deps: ReconcilerDeps, eb: ExternalBackend, desired: KubeObject | undefined): Promise<{ reason: string; message: string } | undefined> {
+async function reconcileEndpoints(deps: ReconcilerDeps, eb: ExternalBackend, desired: KubeObject | undefined): Promise<Conflict | undefined> {
   const ns = eb.metadata.namespace!;
   const name = eb.metadata.name;
   const key = `${ns}/${name}`;
@@ -297,12 +317,18 @@ async function reconcileEndpoints(deps: ReconcilerDeps, eb: ExternalBackend, des
   }
   if (!desired) {
     if (current) {
-      await deps.client.delete(paths.endpoints(ns, name), {}, { preconditions: { uid: current.metadata.uid } }).catch(() => undefined);
+      await deleteIgnoringNotFound(deps.client, paths.endpoints(ns, name), current.metadata.uid);
       deps.endpoints.assumeDeleted(key);
     }
     return undefined;
   }
-  if (!current || !containsDesired(current, desired)) deps.endpoints.assume(await deps.client.apply<KubeObject>(paths.endpoints(ns, name), desired, FIELD_MANAGER));
+  if (current && containsDesired(current, desired)) return undefined;
+  try {
+    deps.endpoints.assume(await deps.client.apply<KubeObject>(paths.endpoints(ns, name), desired, FIELD_MANAGER));
+  } catch (err) {
+    if (isRejected(err)) return rejection('Endpoints', name, err);
+    throw err;
+  }
   return undefined;
 }
 

@@ -5,13 +5,18 @@ import { parseIP } from '../net/ip.ts';
 import { POLICY_REASON } from './address-policy.ts';
 import type { AddressStatus, Condition, ExternalBackend, ExternalBackendStatus } from '../api/external-backend.ts';
 
+/** Why the operator does not write (all of) the Service, slices or Endpoints: owned by someone else, or refused by the API server. */
+export interface Conflict {
+  reason: string;
+  message: string;
+}
+
 export interface StatusInput {
   eb: ExternalBackend;
   resolved: ResolvedAddress[];
   health: HealthLookup;
   desired: DesiredState;
-  /** Why the operator will not write the Service or Endpoints (owned by someone else). */
-  conflict?: { reason: string; message: string };
+  conflict?: Conflict;
   /** An ExternalBackendPolicy refuses the backend as a whole (its Service or health-check type, --require-policy). */
   policyRefusal?: { message: string };
   clusterIP?: string;
@@ -111,7 +116,7 @@ export function computeStatus(input: StatusInput): ExternalBackendStatus {
   const unreachable = readyCount === 0 && addresses.some((a) => a.reason === 'NoClusterIPForFamily');
   const allPortsUp = !conflict && portsDown.length === 0 && !unreachable;
   const ready = conflict
-    ? condition('Ready', false, 'NotOwned', conflict.message, generation, now, previous)
+    ? condition('Ready', false, conflict.reason.endsWith('Rejected') ? 'Rejected' : 'NotOwned', conflict.message, generation, now, previous)
     : allPortsUp
       ? condition('Ready', true, 'AllPortsReady', 'every port has at least one ready address', generation, now, previous)
       : readyCount === 0

@@ -57,7 +57,13 @@ function describeError(err: NodeJS.ErrnoException): string {
       return `TLS: the server's certificate is not valid for this name (${err.message})`;
     case 'CERT_HAS_EXPIRED':
       return "TLS: the server's certificate has expired";
+    // Node's HTTP client refuses to send these; the spec or Secret must change.
+    case 'ERR_UNESCAPED_CHARACTERS':
+    case 'ERR_INVALID_CHAR':
+    case 'ERR_INVALID_HTTP_TOKEN':
+      return `the probe request cannot be sent: ${err.message}`;
     default:
+      if (err.code?.startsWith('ERR_OSSL_')) return `TLS: the certificate, key or CA cannot be used (${err.message})`;
       return err.code ? `${err.code}: ${err.message}` : err.message;
   }
 }
@@ -72,7 +78,14 @@ function tlsOptions(tls: TlsMaterial | undefined): { ca?: string; cert?: string;
   };
 }
 
-/** Runs `attempt` with a hard deadline; `cleanup` tears down whatever it opened. */
+const fail = (err: unknown): ProbeResult => ({ ok: false, outcome: 'error', error: describeError(err instanceof Error ? err : new Error(String(err))) });
+
+/**
+ * Runs `attempt` with a hard deadline; `cleanup` tears down whatever it opened. Node's
+ * clients throw synchronously on input they refuse (a path with a space, a header
+ * value with a newline, a PEM key that does not parse): that is a failed probe with
+ * the reason, never an exception out of a promise executor.
+ */
 function withTimeout(timeoutMs: number, attempt: (finish: (r: ProbeResult) => void) => () => void): Promise<ProbeResult> {
   return new Promise((resolve) => {
     let done = false;
@@ -85,11 +98,13 @@ function withTimeout(timeoutMs: number, attempt: (finish: (r: ProbeResult) => vo
       resolve(r);
     };
     const timer = setTimeout(() => finish({ ok: false, outcome: 'timeout', error: `timed out after ${timeoutMs / 1000} s` }), timeoutMs);
-    cleanup = attempt(finish);
+    try {
+      cleanup = attempt(finish);
+    } catch (err) {
+      finish(fail(err));
+    }
   });
 }
-
-const fail = (err: NodeJS.ErrnoException): ProbeResult => ({ ok: false, outcome: 'error', error: describeError(err) });
 
 function tcpProbe(ip: string, port: number, spec: ProbeSpec): Promise<ProbeResult> {
   return withTimeout(spec.timeoutMs, (finish) => {
@@ -196,18 +211,23 @@ function grpcProbe(ip: string, port: number, spec: ProbeSpec): Promise<ProbeResu
   });
 }
 
+/** Never rejects: whatever goes wrong is a failed probe with the reason in plain words. */
 export async function runProbe(ip: string, port: number, spec: ProbeSpec): Promise<ProbeResult> {
   // Defence in depth: the address policy already keeps these out of targets.
   const forbidden = forbiddenAddressReason(ip);
   if (forbidden) return { ok: false, outcome: 'error', error: `refusing to probe ${ip}: it is ${forbidden}` };
-  switch (spec.type) {
-    case 'tcp':
-      return tcpProbe(ip, port, spec);
-    case 'http':
-    case 'https':
-      return httpProbe(ip, port, spec);
-    case 'grpc':
-      return grpcProbe(ip, port, spec);
+  try {
+    switch (spec.type) {
+      case 'tcp':
+        return await tcpProbe(ip, port, spec);
+      case 'http':
+      case 'https':
+        return await httpProbe(ip, port, spec);
+      case 'grpc':
+        return await grpcProbe(ip, port, spec);
+    }
+  } catch (err) {
+    return fail(err);
   }
 }
 

@@ -2,6 +2,7 @@
 // (so thousands of targets spread over the period), bounded concurrency, timeouts
 // enforced by each probe. Only a readiness flip (or a target's first result) calls
 // onChange, so a flapping target inside its thresholds costs no API writes.
+import type { Logger } from '../log.ts';
 import type { Registry } from '../runtime/metrics.ts';
 import { runProbe, type ProbeResult, type ProbeSpec } from './probe.ts';
 import { initialHealth, recordResult, type TargetHealth, type Thresholds } from './threshold.ts';
@@ -38,6 +39,8 @@ export interface SchedulerOptions {
   probe?: (ip: string, port: number, spec: ProbeSpec) => Promise<ProbeResult>;
   /** Cap on the random delay before a brand-new target's first probe. */
   newTargetJitterMs?: number;
+  /** Where a failure of the scheduler itself is reported (a probe's failure is a result, not this). */
+  log?: Logger;
 }
 
 export class ProbeScheduler {
@@ -45,7 +48,7 @@ export class ProbeScheduler {
   private readonly byOwner = new Map<string, Set<string>>();
   private readonly waiting: (() => void)[] = [];
   private active = 0;
-  private readonly o: Required<Omit<SchedulerOptions, 'metrics'>> & Pick<SchedulerOptions, 'metrics'>;
+  private readonly o: Required<Omit<SchedulerOptions, 'metrics' | 'log'>> & Pick<SchedulerOptions, 'metrics' | 'log'>;
   private readonly duration;
   private readonly results;
   private readonly lateness;
@@ -114,7 +117,9 @@ export class ProbeScheduler {
   }
 
   private arm(s: Scheduled): void {
-    s.timer = setTimeout(() => void this.fire(s), Math.max(0, s.nextAt - Date.now()));
+    s.timer = setTimeout(() => {
+      this.fire(s).catch((err: unknown) => this.o.log?.error('probe scheduling failed', { target: s.target.key, error: err instanceof Error ? err.message : String(err) }));
+    }, Math.max(0, s.nextAt - Date.now()));
   }
 
   private async acquire(): Promise<void> {
@@ -145,7 +150,8 @@ export class ProbeScheduler {
     const started = Date.now();
     this.lateness?.observe((started - scheduledAt) / 1000);
     try {
-      const result = await this.o.probe(target.ip, target.port, target.spec);
+      // A probe that throws (a custom one, or a bug) counts as failed, with its message.
+      const result = await this.o.probe(target.ip, target.port, target.spec).catch((err: unknown): ProbeResult => ({ ok: false, outcome: 'error', error: err instanceof Error ? err.message : String(err) }));
       this.duration?.observe({ type: target.spec.type }, (Date.now() - started) / 1000);
       this.results?.inc({ type: target.spec.type, outcome: result.outcome });
       if (s.removed) return;

@@ -24,7 +24,9 @@ export class Controller {
   readonly queue = new WorkQueue();
   private readonly options: ControllerOptions;
   private readonly informers: Informer<HasMetadata>[] = [];
+  private readonly keysOf: (() => string[])[] = [];
   private workers: Promise<void>[] = [];
+  private started = false;
   private readonly reconciles;
   private readonly errors;
   private readonly duration;
@@ -42,6 +44,7 @@ export class Controller {
   /** Enqueues the keys `toKeys` maps each changed object to. */
   watch<T extends HasMetadata>(informer: Informer<T>, toKeys: (obj: T) => string[]): void {
     this.informers.push(informer as unknown as Informer<HasMetadata>);
+    this.keysOf.push(() => informer.list().flatMap(toKeys));
     informer.on((_event, obj, old) => {
       for (const key of toKeys(obj)) this.queue.add(key);
       if (old) for (const key of toKeys(old)) this.queue.add(key);
@@ -50,10 +53,28 @@ export class Controller {
 
   /** Starts informers, waits for their caches, then starts the workers. */
   async start(): Promise<void> {
+    await this.startWorkers();
+  }
+
+  /**
+   * Starts the informers (once) and workers that run until `term` aborts; every known
+   * key is reconciled again, since a previous term may have ended mid-way. Resolves once
+   * the workers run.
+   */
+  async startWorkers(term?: AbortSignal): Promise<void> {
     for (const i of this.informers) i.start();
     await Promise.all(this.informers.map((i) => i.synced));
+    if (this.started) for (const key of this.keysOf.flatMap((k) => k())) this.queue.add(key);
+    this.started = true;
     this.options.log.info('caches synced; starting workers', { controller: this.options.name, workers: this.options.workers });
-    this.workers = Array.from({ length: this.options.workers }, () => this.work());
+    this.workers = Array.from({ length: this.options.workers }, () => this.work(term));
+  }
+
+  /** Ends the current workers (after their reconciles in flight); queued keys wait for the next term. */
+  async stopWorkers(): Promise<void> {
+    this.queue.interrupt();
+    await Promise.all(this.workers);
+    this.workers = [];
   }
 
   async stop(): Promise<void> {
@@ -62,11 +83,18 @@ export class Controller {
     await Promise.all(this.informers.map((i) => i.stop()));
   }
 
-  private async work(): Promise<void> {
+  private async work(term?: AbortSignal): Promise<void> {
     const { name, log, reconcile } = this.options;
     for (;;) {
+      if (term?.aborted) return;
       const key = await this.queue.get();
       if (key === undefined) return;
+      if (term?.aborted) {
+        // Taken just as the term ended: hand it to the next term untouched.
+        this.queue.done(key);
+        this.queue.add(key);
+        return;
+      }
       const started = performance.now();
       try {
         const result = await reconcile(key);

@@ -130,7 +130,9 @@ export class Informer<T extends HasMetadata> {
   private async loop(): Promise<void> {
     const { client, path, log } = this.options;
     const initial = this.options.initialBackoffMs ?? 500;
-    const max = this.options.maxBackoffMs ?? 30_000;
+    // client-go's reflector backs off to 30 s; one list or watch request per informer every
+    // 5 s at most costs the API server little and resumes within 5 s of its return.
+    const max = this.options.maxBackoffMs ?? 5_000;
     let backoff = initial;
     const signal = this.abort.signal;
     while (!signal.aborted) {
@@ -139,6 +141,7 @@ export class Informer<T extends HasMetadata> {
           const list = await client.list<T>(path, this.selectors());
           this.replace(list.items);
           this.resourceVersion = list.metadata.resourceVersion;
+          backoff = initial;
           if (!this.hasSynced) {
             this.hasSynced = true;
             this.markSynced();

@@ -7,6 +7,7 @@
 import { createInterface } from 'node:readline';
 import * as k8s from '@kubernetes/client-node';
 import { Agent, request, type Dispatcher } from 'undici';
+import { TokenBucket } from './rate-limiter.ts';
 
 export interface ApiStatus {
   kind?: string;
@@ -31,6 +32,14 @@ export class ApiError extends Error {
 
 export function isNotFound(err: unknown): boolean {
   return err instanceof ApiError && err.code === 404;
+}
+
+/**
+ * The API server refused the object itself (422 Invalid, 400 BadRequest): sending it
+ * again cannot help, the spec that produced it must change.
+ */
+export function isRejected(err: unknown): err is ApiError {
+  return err instanceof ApiError && (err.code === 422 || err.code === 400);
 }
 
 export interface WatchEvent<T> {
@@ -84,27 +93,113 @@ export function resourcePath(r: ResourceRef): string {
 
 const HEADER_REFRESH_MS = 30_000;
 
+export interface ClientOptions {
+  connections?: number;
+  /** Client-side rate limit: requests per second after a burst (client-go's QPS). */
+  qps?: number;
+  /** Requests that may go at once before the qps limit applies (client-go's Burst). */
+  burst?: number;
+  /** Longest wait for an answer to one request (a watch: for its response headers). */
+  timeoutMs?: number;
+}
+
+/**
+ * client-go defaults to 5 qps / 10 burst, controller-runtime's manager to 20 / 30;
+ * both were set for controllers that write one object per reconcile. A resync of 1000
+ * backends costs about three requests each (Service, slice, status), so 50 / 100 lets
+ * that finish in about a minute while still bounding what one operator can do to the
+ * API server. A request that gets no answer in 30 s is given up and retried.
+ */
+export const CLIENT_DEFAULTS = { connections: 16, qps: 50, burst: 100, timeoutMs: 30_000 };
+
+export interface RequestOptions {
+  query?: Query;
+  body?: unknown;
+  contentType?: string;
+  signal?: AbortSignal;
+  /** Overrides the client's timeout for this request. */
+  timeoutMs?: number;
+  /** Skips the rate limit: lease renewals must not queue behind a burst of writes. */
+  urgent?: boolean;
+}
+
+/**
+ * Whether the API server answers. A request that gets no answer, a 5xx or a 429 marks it
+ * failing; the first real answer after that tells every listener, so work that backed
+ * off during an outage can go again at once instead of sleeping out its backoff.
+ */
+class ApiReachability {
+  private failing = false;
+  private readonly listeners: (() => void)[] = [];
+  onRecovered(listener: () => void): void {
+    this.listeners.push(listener);
+  }
+  failed(): void {
+    this.failing = true;
+  }
+  answered(): void {
+    if (!this.failing) return;
+    this.failing = false;
+    for (const l of this.listeners) {
+      try {
+        l();
+      } catch {
+        // a listener's failure is its own; the others still run
+      }
+    }
+  }
+}
+
+const answeredFine = (status: number): boolean => status < 500 && status !== 429;
+
+/** What the clients made by withSignal share with the one they came from. */
+interface SharedState {
+  kc: k8s.KubeConfig;
+  dispatcher: Dispatcher;
+  observers: WriteObserver[];
+  limiter: TokenBucket;
+  reachability: ApiReachability;
+  timeoutMs: number;
+}
+
 export class KubeClient {
   readonly server: string;
+  private readonly shared: SharedState;
   private readonly kc: k8s.KubeConfig;
   private readonly dispatcher: Dispatcher;
+  private readonly fence: AbortSignal | undefined;
   private headers: Record<string, string> = {};
   private headersAt = 0;
-  private readonly observers: WriteObserver[] = [];
 
-  private constructor(kc: k8s.KubeConfig, server: string, dispatcher: Dispatcher) {
-    this.kc = kc;
+  private constructor(shared: SharedState, server: string, fence?: AbortSignal) {
+    this.shared = shared;
+    this.kc = shared.kc;
     this.server = server.replace(/\/$/, '');
-    this.dispatcher = dispatcher;
+    this.dispatcher = shared.dispatcher;
+    this.fence = fence;
   }
 
-  static async fromKubeConfig(kc: k8s.KubeConfig, options: { connections?: number } = {}): Promise<KubeClient> {
+  /**
+   * The same client, whose every request is also cut off when `fence` aborts: a leader
+   * writes through one of these per term, so losing the lease cancels its writes in flight.
+   */
+  withSignal(fence: AbortSignal): KubeClient {
+    return new KubeClient(this.shared, this.server, this.fence ? AbortSignal.any([this.fence, fence]) : fence);
+  }
+
+  /** Called when the API server answers again after requests failed. */
+  onRecovered(listener: () => void): void {
+    this.shared.reachability.onRecovered(listener);
+  }
+
+  static async fromKubeConfig(kc: k8s.KubeConfig, clientOptions: ClientOptions = {}): Promise<KubeClient> {
+    const options = { ...CLIENT_DEFAULTS, ...clientOptions };
     const cluster = kc.getCurrentCluster();
     if (!cluster) throw new Error('the kubeconfig has no current cluster');
     const opts: { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized?: boolean; servername?: string } = {};
     await kc.applyToHTTPSOptions(opts);
     const dispatcher = new Agent({
-      connections: options.connections ?? 16,
+      connections: options.connections,
       keepAliveTimeout: 30_000,
       connect: {
         ca: opts.ca,
@@ -114,16 +209,24 @@ export class KubeClient {
         ...(opts.servername ? { servername: opts.servername } : {}),
       },
     });
-    return new KubeClient(kc, cluster.server, dispatcher);
+    const shared: SharedState = {
+      kc,
+      dispatcher,
+      observers: [],
+      limiter: new TokenBucket(options.qps, options.burst),
+      reachability: new ApiReachability(),
+      timeoutMs: options.timeoutMs,
+    };
+    return new KubeClient(shared, cluster.server);
   }
 
   /** Loads --kubeconfig, else $KUBECONFIG, else the in-cluster service account. */
-  static async fromEnvironment(kubeconfigPath?: string): Promise<KubeClient> {
-    return KubeClient.fromKubeConfig(loadKubeConfig(kubeconfigPath));
+  static async fromEnvironment(kubeconfigPath?: string, options: ClientOptions = {}): Promise<KubeClient> {
+    return KubeClient.fromKubeConfig(loadKubeConfig(kubeconfigPath), options);
   }
 
   onWrite(observer: WriteObserver): void {
-    this.observers.push(observer);
+    this.shared.observers.push(observer);
   }
 
   async close(): Promise<void> {
@@ -151,23 +254,38 @@ export class KubeClient {
     return `${this.server}${path}${qs ? `?${qs}` : ''}`;
   }
 
-  async request<T>(method: Dispatcher.HttpMethod, path: string, options: { query?: Query; body?: unknown; contentType?: string; signal?: AbortSignal } = {}): Promise<T> {
+  async request<T>(method: Dispatcher.HttpMethod, path: string, options: RequestOptions = {}): Promise<T> {
+    const timeoutMs = options.timeoutMs ?? this.shared.timeoutMs;
+    const timeout = AbortSignal.timeout(timeoutMs);
+    const signal = AbortSignal.any([timeout, ...(options.signal ? [options.signal] : []), ...(this.fence ? [this.fence] : [])]);
     const headers: Record<string, string> = { ...(await this.authHeaders()), accept: 'application/json' };
     let body: string | undefined;
     if (options.body !== undefined) {
       body = typeof options.body === 'string' ? options.body : JSON.stringify(options.body);
       headers['content-type'] = options.contentType ?? 'application/json';
     }
-    if (method !== 'GET') for (const o of this.observers) o(method, resourceOfPath(path), path);
-    const res = await request(this.url(path, options.query), { method, headers, body, dispatcher: this.dispatcher, signal: options.signal });
-    const text = await res.body.text();
+    if (!options.urgent) await this.shared.limiter.take(signal);
+    if (method !== 'GET') for (const o of this.shared.observers) o(method, resourceOfPath(path), path);
+    let status: number;
+    let text: string;
+    try {
+      const res = await request(this.url(path, options.query), { method, headers, body, dispatcher: this.dispatcher, signal });
+      status = res.statusCode;
+      text = await res.body.text();
+    } catch (err) {
+      if (!this.fence?.aborted && !options.signal?.aborted) this.shared.reachability.failed();
+      if (timeout.aborted) throw new Error(`${method} ${path}: no answer from the API server within ${timeoutMs / 1000} s`, { cause: err });
+      throw err;
+    }
+    if (answeredFine(status)) this.shared.reachability.answered();
+    else this.shared.reachability.failed();
     const parsed: unknown = text ? JSON.parse(text) : undefined;
-    if (res.statusCode >= 400) throw new ApiError(res.statusCode, (parsed ?? {}), `${method} ${path}`);
+    if (status >= 400) throw new ApiError(status, (parsed ?? {}), `${method} ${path}`);
     return parsed as T;
   }
 
-  get<T>(path: string, query?: Query): Promise<T> {
-    return this.request<T>('GET', path, { query });
+  get<T>(path: string, query?: Query, options: Omit<RequestOptions, 'query'> = {}): Promise<T> {
+    return this.request<T>('GET', path, { ...options, query });
   }
 
   /** Lists every page. Items get apiVersion and kind, which list responses leave out. */
@@ -208,7 +326,22 @@ export class KubeClient {
    */
   async *watch<T>(path: string, query: Query, signal: AbortSignal): AsyncGenerator<WatchEvent<T>> {
     const headers = { ...(await this.authHeaders()), accept: 'application/json' };
-    const res = await request(this.url(path, { ...query, watch: true }), { method: 'GET', headers, dispatcher: this.dispatcher, signal, bodyTimeout: 0 });
+    await this.shared.limiter.take(signal);
+    // The timeout covers the wait for the response headers; the stream itself lasts until
+    // the server's timeoutSeconds ends it.
+    const connecting = new AbortController();
+    const timer = setTimeout(() => connecting.abort(new Error(`WATCH ${path}: no answer from the API server within ${this.shared.timeoutMs / 1000} s`)), this.shared.timeoutMs);
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(this.url(path, { ...query, watch: true }), { method: 'GET', headers, dispatcher: this.dispatcher, signal: AbortSignal.any([signal, connecting.signal]), bodyTimeout: 0 });
+    } catch (err) {
+      if (!signal.aborted) this.shared.reachability.failed();
+      throw connecting.signal.aborted ? (connecting.signal.reason as Error) : err;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (answeredFine(res.statusCode)) this.shared.reachability.answered();
+    else this.shared.reachability.failed();
     if (res.statusCode >= 400) {
       const text = await res.body.text();
       throw new ApiError(res.statusCode, (text ? JSON.parse(text) : {}) as ApiStatus, `WATCH ${path}`);

@@ -95,6 +95,30 @@ export class WorkQueue {
     }
   }
 
+  /**
+   * Every key waiting out a failure backoff goes again now, with its history cleared:
+   * for when the API server answers again after an outage, so nothing sleeps out a
+   * backoff that grew while it was away.
+   */
+  retryNow(): string[] {
+    const keys = [...this.failures.keys()];
+    this.failures.clear();
+    for (const key of keys) {
+      const pending = this.timers.get(key);
+      if (pending) {
+        clearTimeout(pending.timer);
+        this.timers.delete(key);
+      }
+      this.add(key);
+    }
+    return keys;
+  }
+
+  /** Wakes every idle worker with undefined without shutting down: keys added later stay queued. */
+  interrupt(): void {
+    for (const w of this.waiters.splice(0)) w(undefined);
+  }
+
   shutdown(): void {
     this.shuttingDown = true;
     for (const { timer } of this.timers.values()) clearTimeout(timer);

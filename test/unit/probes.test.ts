@@ -1,5 +1,6 @@
 import test from 'ava';
 import { parseExpectedStatuses, runProbe } from '../../src/probes/probe.ts';
+import { ProbeScheduler } from '../../src/probes/scheduler.ts';
 import { planProbes } from '../../src/probes/targets.ts';
 import { initialHealth, recordResult, type TargetHealth } from '../../src/probes/threshold.ts';
 import type { ExternalBackend } from '../../src/api/external-backend.ts';
@@ -69,4 +70,52 @@ test('probe plan: per TCP port by default, one target for a named or numbered po
   t.deepEqual(named.targets.map((x) => x.port), [9000]);
   eb.spec.healthCheck = { type: 'http', port: 'nope' };
   t.regex(planProbes(eb, resolved, undefined, () => undefined).problems[0]!, /healthCheck.port names port "nope"/);
+});
+
+// Node's HTTP client throws synchronously on these; each was an operator crash (issue 14).
+// None of them opens a socket: the request is refused before any connection.
+const unsendable: [string, Parameters<typeof runProbe>[2], RegExp][] = [
+  ['a path with a space', { type: 'http', timeoutMs: 1000, http: { path: '/a b', headers: [], expected: [[200, 399]] } }, /cannot be sent: Request path contains unescaped characters/],
+  ['a header value with a newline', { type: 'http', timeoutMs: 1000, http: { path: '/', headers: [{ name: 'x', value: 'a\nb' }], expected: [[200, 399]] } }, /cannot be sent: Invalid character in header content \["x"\]/],
+  ['a host with CR LF', { type: 'http', timeoutMs: 1000, http: { path: '/', host: 'a b\r\n', headers: [], expected: [[200, 399]] } }, /cannot be sent: Invalid character in header content \["host"\]/],
+  ['a header name with a space', { type: 'http', timeoutMs: 1000, http: { path: '/', headers: [{ name: 'a b', value: 'x' }], expected: [[200, 399]] } }, /cannot be sent: Header name must be a valid HTTP token/],
+  ['an https key that is not PEM', { type: 'https', timeoutMs: 1000, http: { path: '/', headers: [], expected: [[200, 399]] }, tls: { cert: 'garbage', key: 'garbage' } }, /TLS: the certificate, key or CA cannot be used/],
+  ['a gRPC key that is not PEM', { type: 'grpc', timeoutMs: 1000, tls: { cert: 'garbage', key: 'garbage' } }, /TLS: the certificate, key or CA cannot be used/],
+];
+
+for (const [what, spec, message] of unsendable) {
+  test(`a probe Node refuses to send (${what}) is a failed probe with the reason, never a throw`, async (t) => {
+    const result = await runProbe('198.51.100.1', 80, spec);
+    t.false(result.ok);
+    t.is(result.outcome, 'error');
+    t.regex(result.error ?? '', message);
+  });
+}
+
+test('the scheduler turns a probe that throws or rejects into a failed result and keeps probing', async (t) => {
+  const flips: string[] = [];
+  let calls = 0;
+  const scheduler = new ProbeScheduler({
+    onChange: (owner) => flips.push(owner),
+    newTargetJitterMs: 0,
+    probe: () => {
+      calls++;
+      if (calls === 1) throw new Error('thrown synchronously');
+      return Promise.reject(new Error('rejected'));
+    },
+  });
+  t.teardown(() => scheduler.stop());
+  scheduler.setTargets('ns/a', [{ key: 'k', owner: 'ns/a', ip: '198.51.100.1', port: 80, spec: { type: 'tcp', timeoutMs: 10 }, thresholds: { successThreshold: 1, failureThreshold: 1 }, periodMs: 20, initialDelayMs: 0 }]);
+  const health = await new Promise<TargetHealth>((resolve) => {
+    const poll = setInterval(() => {
+      const h = scheduler.health('k');
+      if (calls >= 3 && h) {
+        clearInterval(poll);
+        resolve(h);
+      }
+    }, 5);
+  });
+  t.false(health.healthy);
+  t.is(health.lastError, 'rejected');
+  t.deepEqual(flips, ['ns/a'], 'the first result is reported once');
 });

@@ -44,3 +44,28 @@ test('waiting workers are woken by add', async (t) => {
   q.done('k');
   q.shutdown();
 });
+
+test('retryNow: keys backing off after failures go again at once, with their history cleared; delayed requeues are left alone', async (t) => {
+  const q = new WorkQueue({ baseDelayMs: 60_000 });
+  t.teardown(() => q.shutdown());
+  q.add('failing');
+  const key = await q.get();
+  q.addRateLimited(key!);
+  q.done(key!);
+  q.addAfter('later', 60_000);
+  t.is(q.length, 0, 'both wait on timers');
+  t.deepEqual(q.retryNow(), ['failing']);
+  t.is(await q.get(), 'failing');
+  q.done('failing');
+  t.is(q.addRateLimited('failing'), 60_000, 'the backoff starts again from the base');
+  t.is(q.length, 0, "'later' still waits");
+});
+
+test('interrupt wakes idle workers without shutting the queue down', async (t) => {
+  const q = new WorkQueue();
+  const waiting = q.get();
+  q.interrupt();
+  t.is(await waiting, undefined);
+  q.add('after');
+  t.is(await q.get(), 'after', 'keys added later are still served');
+});
