@@ -145,7 +145,11 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   let enqueue: (key: string) => void = () => undefined;
   const probes = new ProbeScheduler({ onChange: (owner) => enqueue(owner), metrics, maxConcurrent: o.maxConcurrentProbes });
   const tlsSecrets = new TlsSecrets(client);
-  const deps = { client, backends, services, slices, endpoints, resolver, policy: () => policy, tenancy, probes, tlsSecrets, events, log };
+  const failoverMetrics = {
+    activePriority: metrics.gauge('extbackend_active_priority', 'The priority group serving each backend port (-1: none).'),
+    failovers: metrics.counter('extbackend_failovers_total', 'Changes of the serving priority group, by backend, port and direction (failover, failback).'),
+  };
+  const deps = { client, backends, services, slices, endpoints, resolver, policy: () => policy, tenancy, probes, tlsSecrets, events, log, failoverMetrics };
   const controller = new Controller({
     name: 'externalbackend',
     workers: o.workers,

@@ -50,6 +50,11 @@ export class Gauge implements Metric {
   set(value: number | (() => number), labels: Labels = {}): void {
     this.values.set(labelKey(labels), value);
   }
+  /** Drops every series whose labels include all of `labels` (an object that is gone). */
+  deleteMatching(labels: Labels): void {
+    const parts = Object.entries(labels).map(([k, v]) => labelKey({ [k]: v }));
+    for (const k of [...this.values.keys()]) if (parts.every((p) => k.split(',').includes(p))) this.values.delete(k);
+  }
   render(): string {
     const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} gauge`];
     for (const [k, v] of this.values) lines.push(`${this.name}${k ? `{${k}}` : ''} ${typeof v === 'function' ? v() : v}`);
