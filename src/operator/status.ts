@@ -141,7 +141,7 @@ function activeSummary(groups: ActiveGroupStatus[]): string {
 }
 
 /** FailedOver (some port is served by a less preferred group) and Draining: only for backends that use them. */
-function failoverConditions(eb: ExternalBackend, groups: ActiveGroupStatus[], addresses: AddressStatus[], generation: number | undefined, now: string, previous: Condition[] | undefined): Condition[] {
+function failoverConditions(eb: ExternalBackend, resolved: ResolvedAddress[], groups: ActiveGroupStatus[], addresses: AddressStatus[], generation: number | undefined, now: string, previous: Condition[] | undefined): Condition[] {
   const out: Condition[] = [];
   const priorities = [...new Set(eb.spec.addresses.map((a) => a.priority ?? 0))].sort((a, b) => a - b);
   if (priorities.length > 1) {
@@ -154,7 +154,8 @@ function failoverConditions(eb: ExternalBackend, groups: ActiveGroupStatus[], ad
         : condition('FailedOver', false, 'PreferredGroupActive', `every port is served by priority ${preferred}`, generation, now, previous),
     );
   }
-  const drained = addresses.filter((a) => eb.spec.addresses.find((s) => (s.ip ?? s.hostname) === a.address)?.drain);
+  const drainedKeys = new Set(resolved.filter((r) => r.spec.drain).map((r) => r.key));
+  const drained = addresses.filter((a) => drainedKeys.has(a.address));
   if (drained.length) {
     const all = drained.length === addresses.length;
     out.push(
@@ -213,6 +214,6 @@ export function computeStatus(input: StatusInput): ExternalBackendStatus {
     active: activeSummary(groups),
     activeGroups: groups,
     addresses,
-    conditions: [accepted, ready, degraded, ...failoverConditions(eb, groups, addresses, generation, now, previous)],
+    conditions: [accepted, ready, degraded, ...failoverConditions(eb, resolved, groups, addresses, generation, now, previous)],
   };
 }

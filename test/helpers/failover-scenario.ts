@@ -22,6 +22,9 @@ const PERIOD_S = 1;
 const FAILURE_THRESHOLD = 2;
 const TIMEOUT_S = 1;
 const FAILOVER_BOUND_MS = (FAILURE_THRESHOLD * PERIOD_S + TIMEOUT_S + 1) * 1000 * TIME_SCALE;
+// What the node adds after the switch is published: one sync of the proxy. On the shared
+// 2-core test machine under load (load average 9) an agent's partial sync took 0.4-2 s.
+const PROGRAMMING_ALLOWANCE_MS = 2000 * TIME_SCALE;
 // Long enough for a flap (up for a probe or two, then down) to fit inside it, on emulated CPUs too.
 const FAILBACK_DELAY_S = Math.ceil(8 * TIME_SCALE);
 
@@ -33,7 +36,7 @@ interface Loop {
 
 /** New connections from `from` every 20 ms, recorded until stopped. */
 async function startLoop(from: LabHost, url: string): Promise<Loop> {
-  const child = from.spawn(process.execPath, [...NODE_ARGS, CLIENT, '--url', url, '--count', '1000000', '--interval-ms', '20', '--timeout-ms', '1000', '--timeline']);
+  const child = from.spawn(process.execPath, [...NODE_ARGS, CLIENT, '--url', url, '--count', '1000000', '--interval-ms', '20', '--timeout-ms', '3000', '--timeline']);
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = once(child, 'exit');
@@ -82,14 +85,16 @@ export const FAILOVER_STEPS = 'all traffic to priority 0; primaries killed: back
 /** kube-proxy, built with the control plane, on node a (beside our agent, which ignores unlabelled Services). */
 async function startKubeProxy(w: World): Promise<void> {
   const bin = path.join(process.env.EXTBACKEND_CONTROLPLANE_BIN ?? '', 'kube-proxy');
-  // kube-proxy runs iptables from PATH: never npm's node_modules/.bin.
+  // kube-proxy runs iptables from PATH: never npm's node_modules/.bin. --masquerade-all: the
+  // node's route to cluster IPs leads into the lab's dead end, so without SNAT the hosts'
+  // replies would go to that interface's address (our agent masquerades such traffic too).
   const systemPath = (process.env.PATH ?? '').split(':').filter((d) => !d.includes('node_modules')).join(':');
   const host = w.nodes.a;
-  const child = host.spawn(bin, ['--kubeconfig', w.kubeconfig, '--hostname-override', w.nodeNames.a, '--proxy-mode', 'iptables', '--metrics-bind-address', `${host.ip}:10366`, '--healthz-bind-address', `${host.ip}:10356`, '--conntrack-max-per-core', '0', '--iptables-min-sync-period', '100ms', '--iptables-localhost-nodeports=false', '--v', '1'], { ...process.env, PATH: systemPath });
+  const child = host.spawn(bin, ['--kubeconfig', w.kubeconfig, '--hostname-override', w.nodeNames.a, '--proxy-mode', 'iptables', '--metrics-bind-address', `${host.ip}:10366`, '--healthz-bind-address', `${host.ip}:10356`, '--conntrack-max-per-core', '0', '--iptables-min-sync-period', '100ms', '--iptables-localhost-nodeports=false', '--masquerade-all', '--v', '1'], { ...process.env, PATH: systemPath });
   const record = (d: Buffer): void => void w.agentLog.push(...d.toString().split('\n').filter(Boolean).map((l) => `kube-proxy: ${l}`));
   child.stdout?.on('data', record);
   child.stderr?.on('data', record);
-  await waitForOutput(child, ['Caches are synced for endpoint slice config'], 'kube-proxy');
+  await waitForOutput(child, ['Caches are synced'], 'kube-proxy');
 }
 
 export async function failoverScenario(t: ExecutionContext, mode: Mode, proxy: 'agent' | 'kube-proxy' = 'agent'): Promise<void> {
@@ -110,9 +115,14 @@ export async function failoverScenario(t: ExecutionContext, mode: Mode, proxy: '
   failover: {failbackDelaySeconds: ${FAILBACK_DELAY_S}}`;
   await applyYaml(backendYaml(w, 'db', extra, addresses()));
   const url = `http://${await clusterIP(w.ns, 'db')}/`;
+  // kube-proxy's first sync of a new Service took over 20 s on the loaded test machine.
+  if (proxy === 'kube-proxy') await waitFor('kube-proxy to program the Service', async () => (await request(a, url, 5, ['--timeout-ms', '1000'])).failures === 0, { timeoutMs: 90_000, intervalMs: 500 });
 
   // Everything to priority 0.
-  await waitForAnswers(a, url, ['b1', 'b2'], 'the primaries to take every connection');
+  await waitForAnswers(a, url, ['b1', 'b2'], 'the primaries to take every connection').catch(async (err: Error) => {
+    t.log(JSON.stringify(await request(a, url, 5, ['--timeout-ms', '1000'])), await a.exec('iptables-save', ['-t', 'nat']));
+    throw err;
+  });
   const steady = await request(a, url, 200);
   t.deepEqual(Object.keys(steady.answers).sort(), ['b1', 'b2'], `no connection to a backup while the primaries are healthy: ${JSON.stringify(steady.answers)}`);
   t.is(steady.failures, 0);
@@ -167,9 +177,12 @@ export async function failoverScenario(t: ExecutionContext, mode: Mode, proxy: '
   const duringFlap = counts(timeline, flapFrom, flapTo);
   const backAt = settledAt(timeline.filter(([tm]) => tm >= revivedAt), ['b1', 'b2'], revivedAt);
   const failback = counts(timeline, revivedAt);
-  t.log(`${label}: failover: published ${publishedAt - killedAt} ms after the kill, every new connection on a backup ${failoverMs} ms after it (bound ${FAILOVER_BOUND_MS} ms); during the switch ${JSON.stringify(window)}; after it ${JSON.stringify(afterSwitch)}; from the publication on ${JSON.stringify(afterPublish)}`);
+  const firstBackup = timeline.find(([tm, o]) => tm >= killedAt && ['b3', 'b4'].includes(o))?.[0];
+  const lastFailure = timeline.filter(([tm, o]) => tm >= killedAt && tm < revivedAt && !['b3', 'b4'].includes(o)).pop()?.[0];
+  t.log(`${label}: failover: published ${publishedAt - killedAt} ms after the kill, first connection on a backup ${firstBackup === undefined ? 'never' : firstBackup - killedAt} ms, last failure ${lastFailure === undefined ? 'none' : lastFailure - killedAt} ms, every new connection on a backup from ${failoverMs} ms after it (bound ${FAILOVER_BOUND_MS} ms + ${PROGRAMMING_ALLOWANCE_MS} ms for the proxy's sync); during the switch ${JSON.stringify(window)}; after it ${JSON.stringify(afterSwitch)}; from the publication on ${JSON.stringify(afterPublish)}`);
   t.log(`${label}: flapping primary: ${JSON.stringify(duringFlap)}; failback published ${failbackPublishedAt - revivedAt} ms after the revival, connections back ${backAt === undefined ? 'never' : `${backAt - revivedAt} ms`} (delay ${FAILBACK_DELAY_S} s); from the revival on ${JSON.stringify(failback)}`);
-  t.true(failoverMs <= FAILOVER_BOUND_MS, `every new connection reached the backups ${failoverMs} ms after the kill`);
+  t.true(publishedAt - killedAt <= FAILOVER_BOUND_MS, `the switch was published ${publishedAt - killedAt} ms after the kill`);
+  t.true(failoverMs <= FAILOVER_BOUND_MS + PROGRAMMING_ALLOWANCE_MS, `every new connection reached the backups ${failoverMs} ms after the kill`);
   t.deepEqual(Object.keys(afterSwitch).filter((o) => !['b3', 'b4'].includes(o)), [], 'no failure and no primary once the switch reached the node');
   t.is(duringFlap.b1, undefined, 'the flapping primary took no connection');
   t.true(failbackPublishedAt - revivedAt >= FAILBACK_DELAY_S * 1000, 'failback waited for the delay');
