@@ -1,5 +1,5 @@
-// Primary/backup failover and drain with real traffic, shared by every proxy mode
-// (iptables and nftables on this machine, IPVS in the qemu guest): primaries b1 and b2
+// Primary/backup failover and drain with real traffic, for every proxy mode (iptables
+// and nftables on this machine; IPVS is meant for the qemu guest): primaries b1 and b2
 // (priority 0) and backups b3 and b4 (priority 1), each in its own namespace, probed
 // over HTTP; a client on node a opens a new connection every few milliseconds and
 // records where each one lands.

@@ -1,5 +1,6 @@
 // Primary/backup failover and drain with real traffic through the agent in iptables and
-// nftables modes (IPVS runs the same scenario in the qemu guest: test/guest).
+// nftables modes. failoverScenario(t, 'ipvs') is meant for the qemu guest (test/guest);
+// it has not run there yet.
 // failoverScenario(t, 'iptables', 'kube-proxy') runs it through the real kube-proxy with
 // proxy: kube-proxy; it is not registered yet: on the loaded test machine its node took
 // 11 s to switch (the switch was published after 2.9 s), over the bound.
