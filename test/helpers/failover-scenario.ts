@@ -12,7 +12,7 @@ import { applyYaml, kubectl, TIME_SCALE, waitFor } from './cluster.ts';
 import { waitForOutput } from './backends.ts';
 import { backendYaml, clusterIP, CLIENT, NODE_ARGS, request, setup, startServer, waitForAnswers, type Mode, type World } from './agent-scenario.ts';
 import type { LabHost } from './lab.ts';
-import type { ExternalBackendStatus } from '../../src/operator/types.ts';
+import type { ExternalBackendStatus } from '../../src/api/external-backend.ts';
 
 const LONG_CLIENT = path.join(REPO_ROOT, 'test', 'helpers', 'long-connection.ts');
 

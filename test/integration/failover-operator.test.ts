@@ -6,7 +6,7 @@ import test from 'ava';
 import { REPO_ROOT } from '../../src/devcluster/build.ts';
 import { applyYaml, kubectl, testNamespace, waitFor } from '../helpers/cluster.ts';
 import { startTestOperator } from '../helpers/operator.ts';
-import type { ExternalBackendStatus } from '../../src/operator/types.ts';
+import type { ExternalBackendStatus } from '../../src/api/external-backend.ts';
 
 const invalid: [string, string, RegExp][] = [
   ['priority above 1000', 'addresses: [{ip: 198.51.100.1, priority: 1001}]', /priority must be 0 \(most preferred\) to 1000/],
