@@ -80,8 +80,8 @@ for (const [file, name, addresses] of [
     t.deepEqual(all.map((s) => s.metadata.labels?.['endpointslice.kubernetes.io/managed-by']), ['operator.extbackend.io'], 'no mirrored slices');
 
     const table = (await kubectl(['-n', ns, 'get', 'externalbackends'])).stdout;
-    t.regex(table, /NAME\s+READY\s+TYPE\s+CLUSTER-IP\s+STATUS\s+AGE/);
-    t.regex(table, new RegExp(`${name}\\s+${addresses}/${addresses}\\s+(ClusterIP|NodePort)\\s+10\\.96\\.\\d+\\.\\d+\\s+Ready`));
+    t.regex(table, /NAME\s+READY\s+TYPE\s+CLUSTER-IP\s+STATUS\s+ACTIVE\s+AGE/);
+    t.regex(table, new RegExp(`${name}\\s+${addresses}/${addresses}\\s+(ClusterIP|NodePort)\\s+10\\.96\\.\\d+\\.\\d+\\s+Ready\\s+0\\s`));
   });
 }
 
