@@ -19,6 +19,7 @@ import type { Scheduler } from './ipvs/plan.ts';
 import { renderIptables } from './iptables/render.ts';
 import { NftablesApplier } from './nftables/apply.ts';
 import { SliceIndex } from './slice-index.ts';
+import { staleUdpEndpoints } from './stale-udp.ts';
 import { renderNftables } from './nftables/render.ts';
 import { buildProxyModel, ModelCache, type NodeInput, type ProxyModel, type ServiceInput, type SliceInput } from './model.ts';
 import { proxyHealth, SyncRunner } from './sync-runner.ts';
@@ -57,23 +58,13 @@ export interface RunningAgent {
   done: Promise<void>;
 }
 
-/** UDP flows to endpoints that are gone would stick to them until their conntrack entries time out. */
+/** Deletes the conntrack entries of UDP flows to endpoints that left (stale-udp.ts says which). */
 async function clearStaleUdp(before: ProxyModel, after: ProxyModel, log: Logger): Promise<void> {
-  // Ports are immutable and reused while unchanged: only UDP ports that are new objects can have lost endpoints.
-  const afterUdp = after.ports.filter((p) => p.protocol === 'udp');
-  const unchanged = new Set(afterUdp);
-  const changed = before.ports.filter((p) => p.protocol === 'udp' && !unchanged.has(p));
-  if (!changed.length) return;
-  const now = new Map(afterUdp.map((p) => [p.id, new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))]));
-  for (const p of changed) {
-    const keep = now.get(p.id) ?? new Set<string>();
-    for (const ip of new Set([...p.clusterEndpoints, ...p.externalEndpoints].map((e) => e.ip))) {
-      if (keep.has(ip)) continue;
-      await run(systemCommand('conntrack'), ['-D', '-p', 'udp', '--dst-nat', ip, ...(p.family === 6 ? ['-f', 'ipv6'] : [])]).catch((err: Error & { code?: number | string }) => {
-        // Exit code 1 means "no entries": nothing to delete.
-        if (err.code !== 1) log.warn('conntrack cleanup failed', { endpoint: ip, error: err.message });
-      });
-    }
+  for (const { ip, family } of staleUdpEndpoints(before, after)) {
+    await run(systemCommand('conntrack'), ['-D', '-p', 'udp', '--dst-nat', ip, ...(family === 6 ? ['-f', 'ipv6'] : [])]).catch((err: Error & { code?: number | string }) => {
+      // Exit code 1 means "no entries": nothing to delete.
+      if (err.code !== 1) log.warn('conntrack cleanup failed', { endpoint: ip, error: err.message });
+    });
   }
 }
 

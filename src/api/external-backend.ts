@@ -20,6 +20,10 @@ export interface BackendAddress {
   topology?: Record<string, string>;
   weight?: number;
   targetPorts?: Record<string, number>;
+  /** 0 is the most preferred; a port is served by the lowest priority with enough healthy hosts. */
+  priority?: number;
+  /** No new connections while another host can take them; open ones are kept. */
+  drain?: boolean;
 }
 
 export interface BackendPort {
@@ -63,6 +67,14 @@ export interface ExternalBackendSpec {
   service?: BackendServiceSpec;
   healthCheck?: HealthCheckSpec;
   endpoints?: { legacyEndpoints?: boolean; maxEndpointsPerSlice?: number };
+  failover?: FailoverSpec;
+}
+
+export interface FailoverSpec {
+  /** A priority group with fewer healthy hosts than this counts as down (default 1). */
+  minReady?: number;
+  /** How long a better group must stay healthy before traffic returns to it (default 0). */
+  failbackDelaySeconds?: number;
 }
 
 export interface Condition {
@@ -84,6 +96,23 @@ export interface AddressStatus {
   lastTransitionTime?: string;
   consecutiveSuccesses?: number;
   consecutiveFailures?: number;
+  priority?: number;
+  role?: 'active' | 'standby' | 'draining' | 'down';
+}
+
+/** The group serving one Service port. */
+export interface ActiveGroupStatus {
+  /** The port's name, or its number when unnamed. */
+  port: string;
+  /** Absent when no host of the port is healthy. */
+  priority?: number;
+  /** Healthy hosts of that group taking new connections. */
+  readyHosts: number;
+  lastTransitionTime?: string;
+  /** A better group that is healthy again, waiting out failbackDelaySeconds. */
+  failback?: { priority: number; healthySince: string; at: string };
+  /** Why a more preferred group does not serve, or when traffic returns to it. */
+  message?: string;
 }
 
 /** Status fields that change with every probe: refreshed when status is written, never a reason to write. */
@@ -97,6 +126,9 @@ export interface ExternalBackendStatus {
   totalAddresses?: number;
   clusterIP?: string;
   endpointSlices?: number;
+  /** The active priority for kubectl get: "0", "1", "http=0,dns=1" or "none". */
+  active?: string;
+  activeGroups?: ActiveGroupStatus[];
   addresses?: AddressStatus[];
   conditions?: Condition[];
 }

@@ -4,6 +4,7 @@
 import { createHash } from 'node:crypto';
 import { parseIP } from '../net/ip.ts';
 import { API_VERSION, KIND, portName, targetPortFor, type BackendAddress, type BackendPort, type ExternalBackend } from '../api/external-backend.ts';
+import { decideFailover, roleOf, type PortDecision, type Role } from './failover.ts';
 import {
   APPLIED_HASH_ANNOTATION,
   APP_MANAGED_BY_LABEL,
@@ -52,10 +53,12 @@ export interface SlicePort {
 
 export interface DesiredEndpoint {
   ip: string;
-  /** Healthy by probe. */
+  /** Healthy by probe: published as serving. */
   healthy: boolean;
-  /** Published as ready (healthy, or publishNotReadyAddresses). */
+  /** Published as ready (in the active group, or publishNotReadyAddresses). */
   ready: boolean;
+  /** Drained: published as terminating, a last resort for proxies. */
+  terminating: boolean;
   address: BackendAddress;
 }
 
@@ -67,6 +70,8 @@ export interface DesiredState {
   portsWithReadyEndpoints: Map<string, boolean>;
   /** Semantic problems the schema cannot see; any makes Accepted False. */
   problems: string[];
+  /** The active priority group and every endpoint's role, per port key (failover.ts: portKey). */
+  failover: Map<string, PortDecision>;
 }
 
 export function isHeadless(eb: ExternalBackend): boolean {
@@ -150,7 +155,7 @@ interface EndpointGroup {
   endpoints: DesiredEndpoint[];
 }
 
-function groupEndpoints(eb: ExternalBackend, resolved: ResolvedAddress[], health: HealthLookup): EndpointGroup[] {
+function groupEndpoints(eb: ExternalBackend, resolved: ResolvedAddress[], health: HealthLookup, role: (ip: string, port: BackendPort) => Role): EndpointGroup[] {
   const publishNotReady = eb.spec.service?.publishNotReadyAddresses === true;
   const groups = new Map<string, EndpointGroup>();
   const seen = new Set<string>();
@@ -159,17 +164,20 @@ function groupEndpoints(eb: ExternalBackend, resolved: ResolvedAddress[], health
       if (seen.has(ip)) continue; // the same IP listed twice (or resolved twice) is one endpoint
       seen.add(ip);
       const family = parseIP(ip)!.family;
-      const byHealth = new Map<boolean, SlicePort[]>();
+      // Ports where this IP's conditions differ (health, or the active group) go to different slices.
+      const byConditions = new Map<string, { endpoint: DesiredEndpoint; ports: SlicePort[] }>();
       for (const p of eb.spec.ports) {
         const healthy = health(ip, p);
-        const list = byHealth.get(healthy) ?? [];
-        list.push({ name: portName(p), port: targetPortFor(addr.spec, p), protocol: p.protocol ?? 'TCP', ...(p.appProtocol ? { appProtocol: p.appProtocol } : {}) });
-        byHealth.set(healthy, list);
+        const endpoint = { ip, healthy, ready: role(ip, p) === 'active' || publishNotReady, terminating: addr.spec.drain === true, address: addr.spec };
+        const conditions = `${endpoint.ready}|${endpoint.healthy}|${endpoint.terminating}`;
+        const entry = byConditions.get(conditions) ?? { endpoint, ports: [] };
+        entry.ports.push({ name: portName(p), port: targetPortFor(addr.spec, p), protocol: p.protocol ?? 'TCP', ...(p.appProtocol ? { appProtocol: p.appProtocol } : {}) });
+        byConditions.set(conditions, entry);
       }
-      for (const [healthy, ports] of byHealth) {
+      for (const { endpoint, ports } of byConditions.values()) {
         const key = `${family}|${stableJson(ports)}`;
         const group = groups.get(key) ?? { family, ports, endpoints: [] };
-        group.endpoints.push({ ip, healthy, ready: healthy || publishNotReady, address: addr.spec });
+        group.endpoints.push(endpoint);
         groups.set(key, group);
       }
     }
@@ -222,7 +230,7 @@ function desiredSlices(eb: ExternalBackend, groups: EndpointGroup[]): KubeObject
           ports: g.ports,
           endpoints: chunk.map((e) => ({
             addresses: [e.ip],
-            conditions: { ready: e.ready, serving: e.healthy, terminating: false },
+            conditions: { ready: e.ready, serving: e.healthy, terminating: e.terminating },
             ...(e.address.nodeName ? { nodeName: e.address.nodeName } : {}),
             ...(e.address.zone ? { zone: e.address.zone } : {}),
           })),
@@ -266,8 +274,13 @@ function desiredEndpoints(eb: ExternalBackend, groups: EndpointGroup[]): KubeObj
   });
 }
 
-export function desiredState(eb: ExternalBackend, resolved: ResolvedAddress[], health: HealthLookup = ALWAYS_HEALTHY): DesiredState {
-  const groups = groupEndpoints(eb, resolved, health);
+/**
+ * `failover` is the group decision for this moment (failover.ts: decideFailover, with
+ * the clock and probe times); without it, one is made from the spec and status alone.
+ */
+export function desiredState(eb: ExternalBackend, resolved: ResolvedAddress[], health: HealthLookup = ALWAYS_HEALTHY, failover?: Map<string, PortDecision>): DesiredState {
+  const decisions = failover ?? decideFailover({ eb, resolved, health, nowMs: 0 });
+  const groups = groupEndpoints(eb, resolved, health, (ip, port) => roleOf(decisions, ip, port));
   const portsWithReadyEndpoints = new Map<string, boolean>(eb.spec.ports.map((p) => [portName(p), false]));
   for (const g of groups) {
     if (g.endpoints.some((e) => e.healthy)) for (const p of g.ports) portsWithReadyEndpoints.set(p.name, true);
@@ -279,5 +292,6 @@ export function desiredState(eb: ExternalBackend, resolved: ResolvedAddress[], h
     ...(legacy ? { endpoints: desiredEndpoints(eb, groups) } : {}),
     portsWithReadyEndpoints,
     problems: semanticProblems(eb),
+    failover: decisions,
   };
 }

@@ -159,7 +159,11 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   let enqueue: (key: string) => void = () => undefined;
   const probes = new ProbeScheduler({ onChange: (owner) => enqueue(owner), metrics, maxConcurrent: o.maxConcurrentProbes, log: log.child({ component: 'probes' }), ...(o.probe ? { probe: o.probe } : {}) });
   const tlsSecrets = new TlsSecrets(client);
-  const baseDeps = { backends, services, slices, endpoints, resolver, policy: () => policy, tenancy, probes, tlsSecrets, events, log };
+  const failoverMetrics = {
+    activePriority: metrics.gauge('extbackend_active_priority', 'The priority group serving each backend port (-1: none).', ['namespace', 'backend', 'port']),
+    failovers: metrics.counter('extbackend_failovers_total', 'Changes of the serving priority group, by backend, port and direction (failover, failback).', ['namespace', 'backend', 'port', 'direction']),
+  };
+  const baseDeps = { backends, services, slices, endpoints, resolver, policy: () => policy, tenancy, probes, tlsSecrets, events, log, failoverMetrics };
   // Writes go through a client fenced by the current term: losing the lease cancels them in flight.
   let deps: ReconcilerDeps = { ...baseDeps, client };
   const controller = new Controller({

@@ -13,6 +13,8 @@ import { planProbes } from '../probes/targets.ts';
 import { initialHealth, type TargetHealth } from '../probes/threshold.ts';
 import { ALWAYS_HEALTHY, desiredState, isHeadless, stableJson, type HealthLookup, type ResolvedAddress } from './desired.ts';
 import type { TlsSecrets } from './tls-secrets.ts';
+import { removeMatching, type Counter, type Gauge } from '../runtime/metrics.ts';
+import { decideFailover, recheckAfterMs, type PortDecision } from './failover.ts';
 import { computeStatus, type Conflict } from './status.ts';
 import {
   API_VERSION,
@@ -44,6 +46,14 @@ export interface ReconcilerDeps {
   tlsSecrets?: TlsSecrets;
   events: EventRecorder;
   log: Logger;
+  failoverMetrics?: FailoverMetrics;
+}
+
+export interface FailoverMetrics {
+  /** Active priority per backend and port (-1: no group serves). */
+  activePriority: Gauge<'namespace' | 'backend' | 'port'>;
+  /** Changes of the active group, by direction (failover, failback). */
+  failovers: Counter<'namespace' | 'backend' | 'port' | 'direction'>;
 }
 
 export interface Tenancy {
@@ -124,6 +134,14 @@ interface HealthView {
   problems: string[];
 }
 
+/** When an IP's probes last turned healthy: the newest transition of its healthy targets. */
+function healthySince(view: HealthView): (ip: string) => number | undefined {
+  return (ip) => {
+    const times = view.probes(ip).filter((s) => s.healthy && s.lastTransitionTime).map((s) => Date.parse(s.lastTransitionTime!));
+    return times.length ? Math.max(...times) : undefined;
+  };
+}
+
 /** Schedules the backend's probes and answers health from their current results. */
 async function healthView(deps: ReconcilerDeps, eb: ExternalBackend, resolved: ResolvedAddress[], owner: string, mine: KubeObject[]): Promise<HealthView> {
   const scheduler = deps.probes;
@@ -179,6 +197,8 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   // Gone or going: the garbage collector removes what we own through ownerReferences.
   if (!eb || eb.metadata.deletionTimestamp) {
     deps.probes?.removeOwner(key);
+    const [namespace, backend] = key.split('/');
+    if (deps.failoverMetrics) await removeMatching(deps.failoverMetrics.activePriority, { namespace: namespace!, backend: backend! });
     return {};
   }
   const ns = eb.metadata.namespace!;
@@ -191,9 +211,11 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
   const mine = deps.slices.list().filter((s) => s.metadata.namespace === ns && s.metadata.labels?.[BACKEND_LABEL] === name);
   const view = await healthView(deps, eb, resolved, key, mine);
   const health = view.health;
-  const computed = desiredState(eb, resolved, health);
+  const nowMs = Date.now();
+  const now = new Date(nowMs).toISOString();
+  const failover = decideFailover({ eb, resolved, health, nowMs, healthySinceMs: healthySince(view) });
+  const computed = desiredState(eb, resolved, health, failover);
   const desired = view.problems.length ? { ...computed, problems: [...computed.problems, ...view.problems] } : computed;
-  const now = new Date().toISOString();
 
   // The Service: ours, or someone else's we must not touch.
   let service = await observe(client, deps.services, key, paths.service(ns, name));
@@ -237,10 +259,13 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
     deps.backends.assume(await client.apply<ExternalBackend>(paths.status(ns, name), { apiVersion: API_VERSION, kind: KIND, metadata: { name, namespace: ns }, status }, FIELD_MANAGER));
     emitTransitionEvents(events, eb, eb.status, status);
     emitPolicyRefusals(events, eb, eb.status, resolved);
+    emitFailoverEvents(deps, eb, failover, status);
   }
+  for (const [port, d] of failover) deps.failoverMetrics?.activePriority.set({ namespace: ns, backend: name, port }, d.active ?? -1);
   if (conflict) log.debug('not writing owned objects', { key, reason: conflict.reason });
 
-  const requeue = [refreshAfterMs, conflict ? CONFLICT_RECHECK_MS : undefined].filter((v): v is number => v !== undefined);
+  // The failback delay is level-triggered: look again when it runs out.
+  const requeue = [refreshAfterMs, conflict ? CONFLICT_RECHECK_MS : undefined, recheckAfterMs(failover.values(), nowMs)].filter((v): v is number => v !== undefined);
   return requeue.length ? { requeueAfterMs: Math.min(...requeue) } : {};
 }
 
@@ -354,5 +379,22 @@ function emitTransitionEvents(events: EventRecorder, eb: ExternalBackend, before
     if (!was && type === 'Degraded' && now.status === 'False') continue;
     const warn = (type === 'Degraded' && now.status === 'True') || (type !== 'Degraded' && now.status === 'False');
     events.event(obj, warn ? 'Warning' : 'Normal', now.reason, now.message);
+  }
+}
+
+/** One Event per port whose active group changed, with why (the status says the same). */
+function emitFailoverEvents(deps: ReconcilerDeps, eb: ExternalBackend, decisions: Map<string, PortDecision>, status: ExternalBackendStatus): void {
+  for (const [port, d] of decisions) {
+    if (!d.change) continue;
+    const group = status.activeGroups?.find((g) => g.port === port);
+    const to = d.change.to === undefined ? 'no group (no healthy host)' : `priority ${d.change.to}`;
+    const from = d.change.from === undefined ? 'no group' : `priority ${d.change.from}`;
+    deps.failoverMetrics?.failovers.inc({ namespace: eb.metadata.namespace!, backend: eb.metadata.name, port, direction: d.change.kind });
+    if (d.change.kind === 'failback') {
+      const delay = eb.spec.failover?.failbackDelaySeconds ?? 0;
+      deps.events.event(eb as unknown as KubeObject, 'Normal', 'FailedBack', `port ${port}: ${from} -> ${to}: healthy again${delay ? ` for ${delay} s (failbackDelaySeconds)` : ''}`);
+    } else {
+      deps.events.event(eb as unknown as KubeObject, 'Warning', 'FailedOver', `port ${port}: ${from} -> ${to}${group?.message ? `: ${group.message}` : ''}`);
+    }
   }
 }

@@ -10,6 +10,15 @@ export type Counter<L extends string = string> = client.Counter<L>;
 export type Gauge<L extends string = string> = client.Gauge<L>;
 export type Histogram<L extends string = string> = client.Histogram<L>;
 
+/** Drops every series of `metric` whose labels include all of `labels` (an object that is gone). */
+export async function removeMatching<L extends string>(metric: Gauge<L> | Counter<L>, labels: Partial<Record<L, string>>): Promise<void> {
+  const { values } = await metric.get();
+  for (const v of values) {
+    const have: Record<string, string | number | undefined> = v.labels;
+    if (Object.entries(labels).every(([k, x]) => have[k] === x)) metric.remove(v.labels);
+  }
+}
+
 interface GaugeReader {
   read: () => number;
   labels: Record<string, string>;

@@ -16,15 +16,15 @@ import { shardTable } from '../../src/agent/nftables/render.ts';
 import { applyYaml, kubectl, testKubeconfig, testNamespace, TIME_SCALE, waitFor } from './cluster.ts';
 import { waitForOutput } from './backends.ts';
 import { createLab, type Lab, type LabHost } from './lab.ts';
-import { startTestOperator } from './operator.ts';
+import { startTestOperator, type TestOperator } from './operator.ts';
 
 const BIN = path.join(REPO_ROOT, 'bin', 'extbackend.js');
-const SERVER = path.join(REPO_ROOT, 'test', 'helpers', 'backend-server.ts');
-const CLIENT = path.join(REPO_ROOT, 'test', 'helpers', 'http-client.ts');
+export const SERVER = path.join(REPO_ROOT, 'test', 'helpers', 'backend-server.ts');
+export const CLIENT = path.join(REPO_ROOT, 'test', 'helpers', 'http-client.ts');
 const UDP_CLIENT = path.join(REPO_ROOT, 'test', 'helpers', 'udp-client.ts');
-const NODE_ARGS = ['--disable-warning=ExperimentalWarning'];
+export const NODE_ARGS = ['--disable-warning=ExperimentalWarning'];
 
-interface ClientResult {
+export interface ClientResult {
   requests: number;
   answers: Record<string, number>;
   failures: number;
@@ -34,7 +34,7 @@ interface ClientResult {
 
 export type Mode = 'iptables' | 'nftables' | 'ipvs';
 
-interface World {
+export interface World {
   mode: Mode;
   ns: string;
   lab: Lab;
@@ -45,9 +45,10 @@ interface World {
   agents: Map<string, ChildProcess>;
   kubeconfig: string;
   agentLog: string[];
+  operator: TestOperator;
 }
 
-async function startServer(host: LabHost, identity: string, address = host.ip): Promise<ChildProcess> {
+export async function startServer(host: LabHost, identity: string, address = host.ip): Promise<ChildProcess> {
   const child = host.spawn(process.execPath, [...NODE_ARGS, SERVER, '--kind', 'http', '--host', address, '--port', '8080', '--identity', identity]);
   await waitForOutput(child, ['listening'], `server ${identity}`);
   return child;
@@ -78,7 +79,7 @@ async function startAgent(w: World, which: 'a' | 'b'): Promise<ChildProcess> {
   return child;
 }
 
-async function setup(t: ExecutionContext, mode: Mode): Promise<World> {
+export async function setup(t: ExecutionContext, mode: Mode): Promise<World> {
   const ns = await testNamespace(t);
   const lab = await createLab(t);
   const nodes = { a: await lab.node('nodea'), b: await lab.node('nodeb') };
@@ -91,8 +92,8 @@ async function setup(t: ExecutionContext, mode: Mode): Promise<World> {
   const backends = [await lab.backend('b1'), await lab.backend('b2'), await lab.backend('b3')];
   const servers = new Map<string, ChildProcess>();
   for (const [i, b] of backends.entries()) servers.set(`b${i + 1}`, await startServer(b, `b${i + 1}`));
-  await startTestOperator(t, ns);
-  const w: World = { mode, ns, lab, nodes, nodeNames, backends, servers, agents: new Map(), kubeconfig: await agentKubeconfig(lab), agentLog: [] };
+  const operator = await startTestOperator(t, ns);
+  const w: World = { mode, ns, lab, nodes, nodeNames, backends, servers, agents: new Map(), kubeconfig: await agentKubeconfig(lab), agentLog: [], operator };
   // A failed scenario shows what the agents said last (warnings and errors first).
   t.teardown(() => {
     if (t.passed) return;
@@ -104,17 +105,17 @@ async function setup(t: ExecutionContext, mode: Mode): Promise<World> {
   return w;
 }
 
-async function clusterIP(ns: string, name: string): Promise<string> {
+export async function clusterIP(ns: string, name: string): Promise<string> {
   return waitFor(`Service ${name} to have a cluster IP`, async () => (await kubectl(['-n', ns, 'get', 'service', name, '-o', 'jsonpath={.spec.clusterIP}'])).stdout.trim() || false);
 }
 
-async function request(from: LabHost, url: string, count: number, extra: string[] = []): Promise<ClientResult> {
+export async function request(from: LabHost, url: string, count: number, extra: string[] = []): Promise<ClientResult> {
   const out = await from.exec(process.execPath, [...NODE_ARGS, CLIENT, '--url', url, '--count', String(count), ...extra]);
   return JSON.parse(out) as ClientResult;
 }
 
 /** Waits until requests from `from` are answered by exactly the backends `expected` (the change is programmed). */
-async function waitForAnswers(from: LabHost, url: string, expected: string[], what: string): Promise<ClientResult> {
+export async function waitForAnswers(from: LabHost, url: string, expected: string[], what: string): Promise<ClientResult> {
   return waitFor(what, async () => {
     const r = await request(from, url, 20, ['--timeout-ms', '500']);
     const got = Object.keys(r.answers).sort();
@@ -132,7 +133,7 @@ async function assertSpread(t: ExecutionContext, from: LabHost, url: string, wha
   t.true(Math.abs(share('b1') - 0.25) < 0.08 && Math.abs(share('b2') - 0.25) < 0.08 && Math.abs(share('b3') - 0.5) < 0.08, JSON.stringify(spread.answers));
 }
 
-function backendYaml(w: World, name: string, extra = '', addresses?: string): string {
+export function backendYaml(w: World, name: string, extra = '', addresses?: string): string {
   const [b1, b2, b3] = w.backends;
   const list = addresses ?? `
   - {ip: ${b1!.ip}, nodeName: ${w.nodeNames.a}, zone: zone-a}

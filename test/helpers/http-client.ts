@@ -1,7 +1,8 @@
 // A test client, run inside a network namespace: makes HTTP requests (one new
 // connection each) and prints JSON: how many answers came from each identity,
-// failures with their errors, and connect times.
-//   node http-client.ts --url http://10.96.0.10:80/ --count 200 [--interval-ms 0] [--timeout-ms 2000] [--duration-ms N]
+// failures with their errors, and connect times; with --timeline, every request's start
+// time (ms since the epoch) and outcome too. SIGUSR2 ends the run early (and prints).
+//   node http-client.ts --url http://10.96.0.10:80/ --count 200 [--interval-ms 0] [--timeout-ms 2000] [--duration-ms N] [--timeline]
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -12,6 +13,7 @@ const { values } = parseArgs({
     'interval-ms': { type: 'string', default: '0' },
     'timeout-ms': { type: 'string', default: '2000' },
     'duration-ms': { type: 'string' },
+    timeline: { type: 'boolean', default: false },
   },
 });
 const url = values.url!;
@@ -25,9 +27,14 @@ const errors: Record<string, number> = {};
 const failMs: number[] = [];
 let failures = 0;
 let done = 0;
+/** [start ms since epoch, identity or error code] per request, with --timeline. */
+const timeline: [number, string][] = [];
+let stopped = false;
+process.on('SIGUSR2', () => void (stopped = true));
 
 function once(): Promise<void> {
   const started = performance.now();
+  const at = Date.now();
   let settled = false;
   return new Promise((resolve) => {
     // The client closes first (the server keeps the connection open), so TIME_WAIT
@@ -38,6 +45,7 @@ function once(): Promise<void> {
       res.on('end', () => {
         const id = body.trim();
         answers[id] = (answers[id] ?? 0) + 1;
+        if (values.timeline) timeline.push([at, id]);
         settled = true;
         req.destroy();
         resolve();
@@ -48,6 +56,7 @@ function once(): Promise<void> {
       settled = true;
       failures++;
       errors[why] = (errors[why] ?? 0) + 1;
+      if (values.timeline) timeline.push([at, `error:${why}`]);
       failMs.push(Math.round(performance.now() - started));
       resolve();
     };
@@ -59,9 +68,9 @@ function once(): Promise<void> {
   });
 }
 
-while (done < count && (!until || Date.now() < until)) {
+while (done < count && (!until || Date.now() < until) && !stopped) {
   await once();
   done++;
   if (interval) await new Promise((r) => setTimeout(r, interval));
 }
-process.stdout.write(JSON.stringify({ requests: done, answers, failures, errors, failMs }) + '\n');
+process.stdout.write(JSON.stringify({ requests: done, answers, failures, errors, failMs, ...(values.timeline ? { timeline } : {}) }) + '\n');

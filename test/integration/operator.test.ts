@@ -80,8 +80,8 @@ for (const [file, name, addresses] of [
     t.deepEqual(all.map((s) => s.metadata.labels?.['endpointslice.kubernetes.io/managed-by']), ['operator.extbackend.io'], 'no mirrored slices');
 
     const table = (await kubectl(['-n', ns, 'get', 'externalbackends'])).stdout;
-    t.regex(table, /NAME\s+READY\s+TYPE\s+CLUSTER-IP\s+STATUS\s+AGE/);
-    t.regex(table, new RegExp(`${name}\\s+${addresses}/${addresses}\\s+(ClusterIP|NodePort)\\s+10\\.96\\.\\d+\\.\\d+\\s+Ready`));
+    t.regex(table, /NAME\s+READY\s+TYPE\s+CLUSTER-IP\s+STATUS\s+ACTIVE\s+AGE/);
+    t.regex(table, new RegExp(`${name}\\s+${addresses}/${addresses}\\s+(ClusterIP|NodePort)\\s+10\\.96\\.\\d+\\.\\d+\\s+Ready\\s+0\\s`));
   });
 }
 
@@ -328,7 +328,7 @@ metadata: {name: db, namespace: ${ns}}
 spec: {addresses: [{hostname: db.example.test}, {ip: 198.51.100.9}], ports: [{port: 5432}]}
 `);
   const xb = await waitForState(ns, 'db', 'Ready');
-  t.deepEqual(xb.status?.addresses?.find((a) => a.address === 'db.example.test'), { address: 'db.example.test', ips: ['198.51.100.50', '2001:db8::50'], ready: true });
+  t.deepEqual(xb.status?.addresses?.find((a) => a.address === 'db.example.test'), { address: 'db.example.test', ips: ['198.51.100.50', '2001:db8::50'], ready: true, priority: 0, role: 'active' });
   const published = async () =>
     ((await list(ns, 'endpointslices', 'kubernetes.io/service-name=db')) as Slice[]).map((s) => `${s.addressType}:${s.endpoints.map((e) => e.addresses[0]).join('+')}`).sort().join(' ');
   t.is(await published(), 'IPv4:198.51.100.9+198.51.100.50 IPv6:2001:db8::50');
