@@ -109,32 +109,29 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   const apiSlices = informer<SliceLike>(collectionPath('discovery.k8s.io', 'v1', 'endpointslices', 'default'), `${SERVICE_NAME_LABEL}=kubernetes`);
   let serviceCIDRs: Informer<ServiceCIDRLike> | undefined = informer<ServiceCIDRLike>(collectionPath('networking.k8s.io', 'v1', 'servicecidrs'));
   // Started while the API server is away (a restart during an outage): wait for it, do not exit.
-  for (let attempt = 0; ; attempt++) {
-    try {
-      await client.get(collectionPath('networking.k8s.io', 'v1', 'servicecidrs'), { limit: 1 });
-      break;
-    } catch (err) {
-      if (isNotFound(err)) {
-        log.info('this cluster has no ServiceCIDR API; using --service-cidr only');
-        serviceCIDRs = undefined;
-        break;
+  // Returns whether the API server serves the resource at all (a CRD or API not installed: false).
+  const served = async (path: string): Promise<boolean> => {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await client.get(path, { limit: 1 });
+        return true;
+      } catch (err) {
+        if (isNotFound(err)) return false;
+        if (o.signal.aborted) throw err;
+        if (attempt === 0) log.warn('the API server does not answer yet; retrying', { path, error: (err as Error).message });
+        await sleep(Math.min(5_000, 500 * 2 ** attempt), undefined, { signal: o.signal }).catch(() => undefined);
       }
-      if (o.signal.aborted) throw err;
-      if (attempt === 0) log.warn('the API server does not answer yet; retrying', { error: (err as Error).message });
-      await sleep(Math.min(5_000, 500 * 2 ** attempt), undefined, { signal: o.signal }).catch(() => undefined);
     }
+  };
+  if (!(await served(collectionPath('networking.k8s.io', 'v1', 'servicecidrs')))) {
+    log.info('this cluster has no ServiceCIDR API; using --service-cidr only');
+    serviceCIDRs = undefined;
   }
   // ExternalBackendPolicies (cluster-scoped) and the labels they select namespaces by.
   const policies = informer<ExternalBackendPolicy>(collectionPath(GROUP, VERSION, POLICY_PLURAL));
-  let policiesServed = true;
-  try {
-    await client.get(collectionPath(GROUP, VERSION, POLICY_PLURAL), { limit: 1 });
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-    // An informer on a missing resource would never sync, and the workers would never start.
-    log.warn(`the ExternalBackendPolicy CRD is not installed; no policy applies${o.requirePolicy ? ', and --require-policy refuses every backend' : ''}`);
-    policiesServed = false;
-  }
+  // An informer on a missing resource would never sync, and the workers would never start.
+  const policiesServed = await served(collectionPath(GROUP, VERSION, POLICY_PLURAL));
+  if (!policiesServed) log.warn(`the ExternalBackendPolicy CRD is not installed; no policy applies${o.requirePolicy ? ', and --require-policy refuses every backend' : ''}`);
   const namespaces = new Informer<KubeObject>({
     client,
     path: collectionPath('', 'v1', 'namespaces'),

@@ -138,3 +138,21 @@ test('a leader black-holed from the API server stops writing before the second r
   t.false(a.running.leading());
   t.is(a.writes.length, writesBefore, 'the healed replica writes nothing while b leads');
 });
+
+test('started while kube-apiserver is down: the operator waits for it instead of exiting, then reconciles', async (t) => {
+  t.timeout(4 * 60_000);
+  const cluster = await ownCluster(t);
+  const ns = `faults-${randomBytes(3).toString('hex')}`;
+  await kubectlAt(cluster.kubeconfig, ['create', 'namespace', ns]);
+  await kubectlAt(cluster.kubeconfig, ['apply', '-f', '-'], backend(ns, '198.51.100.3'));
+  await cluster.stopComponent('kube-apiserver', 'SIGKILL');
+  // Not awaited: start-up itself waits for the API server (the ServiceCIDR and policy checks).
+  const starting = replica(t, cluster.kubeconfigYaml, ns, 'started-in-outage');
+  let settled = false;
+  void starting.then(() => (settled = true), () => (settled = true));
+  await new Promise((r) => setTimeout(r, 5_000));
+  t.false(settled, 'start-up neither finished nor failed while the API server was away');
+  await cluster.startComponent('kube-apiserver');
+  await starting;
+  await waitFor('the slice, published after the API server came back', async () => (await publishedIP(cluster, ns)) === '198.51.100.3', { timeoutMs: 60_000 });
+});
