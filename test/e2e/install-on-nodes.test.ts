@@ -244,7 +244,8 @@ test.serial('a rolling update of the agent from iptables to nftables drops no re
   // A user's overlay on top of the local one switches the mode.
   const overlay = await userOverlay(t, 'config/overlays/local', `configMapGenerator:\n- name: extbackend-agent\n  namespace: ${SYSTEM}\n  behavior: merge\n  literals: [proxy-mode=nftables]\n`);
   // Clients on both nodes, a new connection every 20 ms, throughout the rollout.
-  const LOOP_MS = 120_000;
+  // Long enough for the rollout on a loaded CI machine (27 s alone, 114 s beside other suites at load 28).
+  const LOOP_MS = 180_000;
   const loopStart = Date.now();
   const loops = w.cluster.nodes.map((node) => requestsFromPod(w.cluster.kubeconfig, NS, w.clients.get(node.name)!, { url: `http://web.${NS}/`, durationMs: LOOP_MS, intervalMs: 20 }));
   // Should a step below fail first, the loops' ends are no one's to handle: keep them quiet.
@@ -296,14 +297,18 @@ test.serial('deleting the leader operator pod: the other replica takes over with
 test.serial('kubectl delete -k removes the pods, and `agent --cleanup` as documented leaves nothing of ours on the nodes', async (t) => {
   t.timeout(5 * 60_000);
   const w = await setUp();
-  await w.kubectl(['delete', 'namespace', NS, '--wait=false']);
-  await w.kubectl(['delete', '-k', OVERLAY, '--wait=true', '--timeout=120s']);
-  await waitFor('no agent or operator pods', async () => (await w.kubectl(['get', 'pods', '-A', '-l', 'app.kubernetes.io/part-of=extbackend', '-o', 'name'])).trim() === '', { timeoutMs: 60_000 });
+  // The agents go first: deleting the backends while an agent still runs would (rightly)
+  // remove their rules, and the check below is that an agent's exit leaves them.
+  await w.kubectl(['-n', SYSTEM, 'delete', 'daemonset', 'extbackend-agent', '--wait=true', '--timeout=120s']);
+  await waitFor('no agent pods', async () => (await w.kubectl(['-n', SYSTEM, 'get', 'pods', '-l', 'app.kubernetes.io/name=extbackend-agent', '-o', 'name'])).trim() === '', { timeoutMs: 60_000 });
   // The rules stay when the agent goes (it never flushes on exit)...
   for (const node of w.cluster.nodes) {
     const ours = await oursOnNode(node.netns);
     t.true(ours.iptables.length + ours.nftables.length > 0, `${node.name} keeps its rules`);
   }
+  await w.kubectl(['delete', 'namespace', NS, '--wait=false']);
+  await w.kubectl(['delete', '-k', OVERLAY, '--wait=true', '--timeout=120s', '--ignore-not-found']);
+  await waitFor('no agent or operator pods', async () => (await w.kubectl(['get', 'pods', '-A', '-l', 'app.kubernetes.io/part-of=extbackend', '-o', 'name'])).trim() === '', { timeoutMs: 60_000 });
   // ...until `extbackend agent --cleanup` runs on every node, as README says: `kubectl apply -k config/cleanup`
   // with the image set as for the install (here in an overlay, like the local one), then delete it.
   const cleanup = await userOverlay(t, 'config/cleanup', 'images:\n- {name: ghcr.io/extbackend/extbackend, newName: localhost/extbackend, newTag: dev}\n');
