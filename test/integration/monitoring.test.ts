@@ -39,9 +39,10 @@ test('promtool: the rules check, every alert has a runbook, and every alert has 
   // The rules as shipped (annotation templates included) pass `promtool check rules`.
   await writeFile(path.join(dir, 'shipped.yaml'), renderRules(groups));
   const check = await run(promtool, ['check', 'rules', path.join(dir, 'shipped.yaml')]);
-  t.regex(check.stdout, /SUCCESS: 9 rules found/);
-
   const alerts = groups.flatMap((g) => g.rules).filter((r) => r.alert);
+  t.true(alerts.length >= 10, `${alerts.length} alerts`);
+  t.regex(check.stdout, new RegExp(`SUCCESS: ${groups.flatMap((g) => g.rules).length} rules found`));
+
   for (const a of alerts) {
     for (const key of ['summary', 'description', 'runbook']) t.truthy(a.annotations?.[key]?.trim(), `${a.alert} has a ${key} annotation`);
     t.truthy(a.labels?.severity, `${a.alert} has a severity`);
@@ -134,7 +135,11 @@ test('a real Prometheus scrapes operator and agent, fires "no ready address" and
   const kubeconfig = path.join(path.dirname(testKubeconfig()), `agent-${randomBytes(3).toString('hex')}.kubeconfig`);
   await writeFile(kubeconfig, kubeconfigViaAddress(await readFile(testKubeconfig(), 'utf8'), lab.hostIP), { mode: 0o600 });
   t.teardown(() => rm(kubeconfig, { force: true }));
-  const agent = node.spawn(process.execPath, [...NODE_ARGS, BIN, 'agent', '--kubeconfig', kubeconfig, '--node-name', nodeName, '--proxy-mode', 'nftables', '--min-sync-period', '100ms', '--sync-period', '10s', '--http-address', `${node.ip}:10266`]);
+  const agent = node.spawn(process.execPath, [...NODE_ARGS, BIN, 'agent', '--kubeconfig', kubeconfig, '--node-name', nodeName, '--proxy-mode', 'nftables', '--min-sync-period', '100ms', '--sync-period', '10s', '--http-address', `${node.ip}:10266`], {
+    ...process.env,
+    // The test runner quiets logs; 'caches synced' is an info line.
+    EXTBACKEND_LOG_LEVEL: 'info',
+  });
   t.teardown(async () => {
     if (agent.exitCode !== null || agent.signalCode !== null) return;
     const exited = once(agent, 'exit');
@@ -176,7 +181,8 @@ spec:
 
   for (const s of servers) await s.start();
   await waitFor('ExtBackendNoReadyAddress to resolve', async () => (await firing()).length === 0, { timeoutMs: 30_000, intervalMs: 250 });
-  t.is(await ready(), '2');
+  // It resolves with the first host back; the second follows within a probe period.
+  await waitFor('Prometheus to see both addresses ready again', async () => (await ready()) === '2', { timeoutMs: 30_000, intervalMs: 250 });
 
   // Every name the rules and the dashboard query is exported by the live operator or agent
   // (or is Prometheus' own `up`), and every query parses and runs.
