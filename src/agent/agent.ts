@@ -79,6 +79,8 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const driftRepairs = metrics.counter('extbackend_agent_drift_repairs_total', 'Chains and maps of ours that a full sync found changed behind our back, and rewrote.', ['family']);
   const healthCheckListenErrors = metrics.counter('extbackend_agent_health_check_listen_errors_total', 'healthCheckNodePort servers that could not listen (retried on the next sync).');
   const servicePorts = metrics.gauge('extbackend_agent_service_ports', 'Service ports programmed on this node.');
+  // kube-proxy's kubeproxy_sync_proxy_rules_last_timestamp_seconds: "sync stale" alerts on its age.
+  const lastSync = metrics.gauge('extbackend_agent_sync_last_timestamp_seconds', 'When the last successful sync finished (Unix seconds).');
 
   const services = new Informer<Obj>({ client, path: resourcePath({ group: '', version: 'v1', plural: 'services' }), labelSelector: `${PROXY_NAME_LABEL}=${PROXY_NAME}`, log });
   const slices = new Informer<SliceObj>({ client, path: resourcePath({ group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices' }), log });
@@ -129,6 +131,7 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
     await syncHealthCheckServers(model);
     const seconds = (performance.now() - started) / 1000;
     syncs.observe({ kind: full ? 'full' : 'partial' }, seconds);
+    lastSync.set(Date.now() / 1000);
     const now = Date.now();
     for (const t of pendingTriggers) programming.observe((now - t) / 1000);
     pendingTriggers = [];

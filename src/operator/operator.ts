@@ -14,6 +14,7 @@ import { AddressResolver, dnsLookup } from './address-resolver.ts';
 import { ProbeScheduler, type SchedulerOptions } from '../probes/scheduler.ts';
 import { shortHash } from './desired.ts';
 import { TlsSecrets } from './tls-secrets.ts';
+import { registerBackendMetrics } from './backend-metrics.ts';
 import { reconcileExternalBackend, type ReconcilerDeps } from './reconciler.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { matchingPolicies } from './address-policy.ts';
@@ -94,6 +95,8 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   const writes = metrics.counter('extbackend_api_writes_total', 'Requests that change something in the API, by verb and resource.', ['verb', 'resource']);
   client.onWrite((verb, resource) => writes.inc({ verb, resource }));
   const leader = metrics.gauge('extbackend_leader', '1 when this replica is the leader.');
+  // 0 until elected, so a standby replica's series exist and "no leader" is max() == 0.
+  leader.set(0);
 
   const informer = <T extends { metadata: KubeObject['metadata'] }>(path: string, labelSelector?: string) =>
     new Informer<T>({ client, path, labelSelector, log: log.child({ informer: path }) });
@@ -102,6 +105,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   const backends = informer<ExternalBackend>(collectionPath(GROUP, VERSION, PLURAL, o.namespace));
   const services = informer<KubeObject>(collectionPath('', 'v1', 'services', o.namespace), BACKEND_LABEL);
   const slices = informer<KubeObject>(collectionPath('discovery.k8s.io', 'v1', 'endpointslices', o.namespace), BACKEND_LABEL);
+  registerBackendMetrics(metrics, () => ({ backends: backends.list(), slices: slices.list() }));
   const endpoints = informer<KubeObject>(collectionPath('', 'v1', 'endpoints', o.namespace), BACKEND_LABEL);
 
   // Facts for the address policy: nodes, service CIDRs, the API server's own endpoints.

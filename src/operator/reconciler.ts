@@ -261,7 +261,11 @@ export async function reconcileExternalBackend(deps: ReconcilerDeps, key: string
     emitPolicyRefusals(events, eb, eb.status, resolved);
     emitFailoverEvents(deps, eb, failover, status);
   }
-  for (const [port, d] of failover) deps.failoverMetrics?.activePriority.set({ namespace: ns, backend: name, port }, d.active ?? -1);
+  for (const [port, d] of failover) {
+    deps.failoverMetrics?.activePriority.set({ namespace: ns, backend: name, port }, d.active ?? -1);
+    // A series from the start, so increase() (the ExtBackendFailedOver alert) sees the first failover.
+    deps.failoverMetrics?.failovers.inc({ namespace: ns, backend: name, port, direction: 'failover' }, 0);
+  }
   if (conflict) log.debug('not writing owned objects', { key, reason: conflict.reason });
 
   // The failback delay is level-triggered: look again when it runs out.

@@ -3,7 +3,7 @@
 // enforced by each probe. Only a readiness flip (or a target's first result) calls
 // onChange, so a flapping target inside its thresholds costs no API writes.
 import type { Logger } from '../log.ts';
-import type { Registry } from '../runtime/metrics.ts';
+import { removeMatching, type Registry } from '../runtime/metrics.ts';
 import { runProbe, type ProbeResult, type ProbeSpec } from './probe.ts';
 import { initialHealth, recordResult, type TargetHealth, type Thresholds } from './threshold.ts';
 
@@ -63,7 +63,7 @@ export class ProbeScheduler {
     };
     const m = options.metrics;
     this.duration = m?.histogram('extbackend_probe_duration_seconds', 'Time one health probe took.', ['type']);
-    this.results = m?.counter('extbackend_probe_results_total', 'Probe results by type and outcome (success, failure, timeout, error).', ['type', 'outcome']);
+    this.results = m?.counter('extbackend_probe_results_total', 'Probe results by backend, type and outcome (success, failure, timeout, error).', ['namespace', 'backend', 'type', 'outcome']);
     this.lateness = m?.histogram('extbackend_probe_lateness_seconds', 'How late a probe started against its schedule.', [], [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5]);
     m?.callbackGauge('extbackend_probe_targets', 'Probe targets scheduled.', () => this.targets.size);
   }
@@ -100,6 +100,9 @@ export class ProbeScheduler {
   removeOwner(owner: string): void {
     for (const key of this.byOwner.get(owner) ?? []) this.remove(key);
     this.byOwner.delete(owner);
+    // A backend without probes (deleted, or its healthCheck dropped) has no results series either.
+    const [namespace = '', backend = ''] = owner.split('/');
+    if (this.results) void removeMatching(this.results, { namespace, backend });
   }
 
   stop(): void {
@@ -153,8 +156,10 @@ export class ProbeScheduler {
       // A probe that throws (a custom one, or a bug) counts as failed, with its message.
       const result = await this.o.probe(target.ip, target.port, target.spec).catch((err: unknown): ProbeResult => ({ ok: false, outcome: 'error', error: err instanceof Error ? err.message : String(err) }));
       this.duration?.observe({ type: target.spec.type }, (Date.now() - started) / 1000);
-      this.results?.inc({ type: target.spec.type, outcome: result.outcome });
       if (s.removed) return;
+      // Per backend (the owner is namespace/name), so an alert can tell a whole backend erroring from one host.
+      const [namespace = '', backend = ''] = target.owner.split('/');
+      this.results?.inc({ namespace, backend, type: target.spec.type, outcome: result.outcome });
       const { state, changed } = recordResult(s.health, result.ok, result.error, target.thresholds, new Date().toISOString());
       s.health = state;
       if (changed) this.o.onChange(target.owner);

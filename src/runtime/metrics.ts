@@ -46,6 +46,20 @@ export class Registry {
     return new client.Histogram({ name, help, labelNames, buckets, registers: [this.prometheus] });
   }
 
+  /** A gauge whose series are all set afresh at scrape time by `collect` (series that follow objects in a cache come and go with them). */
+  collectedGauge<L extends string>(name: string, help: string, labelNames: readonly L[], collect: (gauge: Gauge<L>) => void): Gauge<L> {
+    return new client.Gauge({
+      name,
+      help,
+      labelNames,
+      registers: [this.prometheus],
+      collect() {
+        this.reset();
+        collect(this);
+      },
+    });
+  }
+
   /** A gauge read at scrape time; several readers (e.g. one per controller) may share a name, each with its own labels. */
   callbackGauge(name: string, help: string, read: () => number, labels: Record<string, string> = {}): void {
     let readers = this.readers.get(name);

@@ -170,7 +170,7 @@ test('a host alternating pass/fail inside its thresholds never changes state and
 });
 
 async function probeFailures(op: TestOperator): Promise<number> {
-  const m = /extbackend_probe_results_total\{type="http",outcome="failure"\} (\d+)/.exec(await op.running.metrics.render());
+  const m = /^extbackend_probe_results_total\{[^}]*type="http",outcome="failure"\} (\d+)$/m.exec(await op.running.metrics.render());
   return Number(m?.[1] ?? 0);
 }
 
