@@ -1,18 +1,22 @@
 // `extbackend cluster build|image|up|run|down|status`: the local control plane and
 // images for development and tests. `up` runs `run` as a detached background process that
 // owns the cluster; `down` asks it to stop and waits until it has.
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { REPO_ROOT, ensureControlPlane } from '../devcluster/build.ts';
 import { clusterAnswers, startLocalCluster } from '../devcluster/cluster.ts';
 import { describeImage, ensureImage, ensurePauseImage } from '../devcluster/image.ts';
 import { ensureNodeBinaries } from '../devcluster/node-build.ts';
+import { installMonitoringCrds } from '../devcluster/prometheus-build.ts';
 import { logger } from '../log.ts';
 import { UsageError, intFlag, type ParsedArgs, stringFlag } from './args.ts';
 import { untilSignal } from './signals.ts';
+
+const run = promisify(execFile);
 
 export const clusterFlags = {
   'state-dir': { type: 'string', help: 'where `up` writes kubeconfig, nodes.json, pid and log', default: path.join(REPO_ROOT, '.cluster') },
@@ -47,7 +51,11 @@ async function runForeground(stateDir: string, nodes: number): Promise<void> {
   const cluster = await startLocalCluster({ nodes });
   try {
     await copyFile(cluster.kubeconfig, f.kubeconfig);
-    if (nodes) await writeFile(f.nodes, JSON.stringify(cluster.nodes, null, 2) + '\n');
+    if (nodes) {
+      await writeFile(f.nodes, JSON.stringify(cluster.nodes, null, 2) + '\n');
+      // So that `kubectl apply -k config/overlays/local` (with its monitoring component) works as README says.
+      await installMonitoringCrds((...args) => run(cluster.build.bin('kubectl'), ['--kubeconfig', cluster.kubeconfig, ...args]));
+    }
     await writeFile(f.pid, `${process.pid}\n`);
     logger().info('cluster running; stop with `npm run cluster:down` or Ctrl-C', { kubeconfig: f.kubeconfig, version: cluster.version });
     await untilSignal();

@@ -79,3 +79,14 @@ export async function monitoringCrdDir(): Promise<string> {
   if (!info.Dir) throw new Error(`downloading prometheus-operator ${PROMETHEUS_OPERATOR_VERSION} failed: ${info.Error ?? stdout}`);
   return path.join(info.Dir, 'example', 'prometheus-operator-crd');
 }
+
+/**
+ * Applies the prometheus-operator CRDs the monitoring component's kinds need, and waits
+ * until they are served (the local overlay includes that component).
+ */
+export async function installMonitoringCrds(kubectl: (...args: string[]) => Promise<unknown>): Promise<void> {
+  const crds = await monitoringCrdDir();
+  const kinds = ['prometheusrules', 'servicemonitors', 'podmonitors'];
+  for (const kind of kinds) await kubectl('apply', '--server-side', '-f', path.join(crds, `monitoring.coreos.com_${kind}.yaml`));
+  for (const kind of kinds) await kubectl('wait', '--for=condition=Established', '--timeout=60s', `crd/${kind}.monitoring.coreos.com`);
+}

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import test, { type ExecutionContext } from 'ava';
 import { REPO_ROOT } from '../../src/devcluster/build.ts';
-import { monitoringCrdDir } from '../../src/devcluster/prometheus-build.ts';
+import { installMonitoringCrds } from '../../src/devcluster/prometheus-build.ts';
 import type { LocalCluster } from '../../src/devcluster/cluster.ts';
 import { kubectlAt, waitFor } from '../helpers/cluster.ts';
 import { backendServer, runInHost, type RunningServer } from '../helpers/backends.ts';
@@ -84,9 +84,7 @@ test.serial('apply -k config/overlays/local: the operator replicas and one agent
   const w = await setUp();
   t.is(w.cluster.nodes.length, 2);
   // The overlay includes the monitoring component: its kinds need prometheus-operator's CRDs.
-  const crds = await monitoringCrdDir();
-  for (const kind of ['prometheusrules', 'servicemonitors', 'podmonitors']) await w.kubectl(['apply', '--server-side', '-f', path.join(crds, `monitoring.coreos.com_${kind}.yaml`)]);
-  for (const kind of ['prometheusrules', 'servicemonitors', 'podmonitors']) await w.kubectl(['wait', '--for=condition=Established', '--timeout=60s', `crd/${kind}.monitoring.coreos.com`]);
+  await installMonitoringCrds((...args) => w.kubectl(args));
   await w.kubectl(['apply', '-k', OVERLAY]);
   const started = Date.now();
   await w.kubectl(['-n', SYSTEM, 'rollout', 'status', 'deployment/extbackend-operator', '--timeout=180s']);

@@ -64,9 +64,13 @@ test.serial('kubectl kustomize is deterministic and apply -k (also --dry-run=ser
   t.regex((await kubectl(['-n', NS, 'get', 'deployment,daemonset', '-o', 'name'])).stdout, /deployment\.apps\/extbackend-operator[\s\S]*daemonset\.apps\/extbackend-agent/);
 });
 
-test('the local overlay is the install with the locally built image, and nothing else', async (t) => {
+test('the local overlay is the install with the locally built image and the monitoring component, and nothing else', async (t) => {
   const shipped = (await kubectl(['kustomize', REPO_ROOT])).stdout.split('\n');
-  const local = (await kubectl(['kustomize', path.join(REPO_ROOT, 'config', 'overlays', 'local')])).stdout.split('\n');
+  const documents = (await kubectl(['kustomize', path.join(REPO_ROOT, 'config', 'overlays', 'local')])).stdout.split(/^---\n/m);
+  // The monitoring component's objects come on top: alert rules, scrape targets, the dashboard.
+  const monitoring = (doc: string): boolean => /^kind: (PrometheusRule|ServiceMonitor|PodMonitor)$/m.test(doc) || (/^kind: ConfigMap$/m.test(doc) && /^  name: extbackend-dashboard$/m.test(doc));
+  t.deepEqual(documents.filter(monitoring).map((d) => /^kind: (\S+)$/m.exec(d)![1]).sort(), ['ConfigMap', 'PodMonitor', 'PrometheusRule', 'ServiceMonitor']);
+  const local = documents.filter((d) => !monitoring(d)).join('---\n').split('\n');
   // Every image line names the local image, followed by a pull policy of Never; all other lines are the same.
   const withoutPolicy = local.filter((l) => !/^\s+imagePullPolicy: Never$/.test(l));
   t.is(local.length - withoutPolicy.length, shipped.filter((l) => /^\s+image: /.test(l)).length);
