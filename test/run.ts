@@ -3,7 +3,11 @@
 // no IP_VS). The cluster is stopped however the run ends (failure, Ctrl-C, SIGTERM).
 //   node test/run.ts [ava args]   host tests (all, or the files named) and, for a full run, the guest suite
 //   node test/run.ts --ipvs-only  just the guest suite
+// A full run keeps the tests on real nodes (test/e2e/) out of the busy first phase: they
+// run beside the guest suite, which keeps one core busy (qemu TCG), not both (a rollout
+// beside every other suite at load 17-28 took 114-155 s and timed requests out).
 import { execFileSync, spawn } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { REPO_ROOT } from '../src/devcluster/build.ts';
 import { startLocalCluster, type LocalCluster } from '../src/devcluster/cluster.ts';
@@ -24,8 +28,8 @@ interface Counts {
   exitCode: number;
 }
 
-async function runHostTests(cluster: LocalCluster): Promise<Counts> {
-  const ava = spawn(process.execPath, [avaCli, ...args], {
+async function runHostTests(cluster: LocalCluster, avaArgs: string[]): Promise<Counts> {
+  const ava = spawn(process.execPath, [avaCli, ...avaArgs], {
     stdio: ['inherit', 'pipe', 'inherit'],
     env: {
       // Components under test log warnings and errors only, unless asked otherwise.
@@ -83,8 +87,22 @@ try {
   kubectl('apply', '-k', path.join(REPO_ROOT, 'crds'));
   kubectl('wait', '--for=condition=Established', '--timeout=60s', 'crd', '--all');
 
-  const host = ipvsOnly ? { passed: 0, failed: 0, skipped: 0, exitCode: 0 } : await runHostTests(cluster);
-  const guest = namesHostFiles ? undefined : await runGuestSuite(cluster);
+  const none: Counts = { passed: 0, failed: 0, skipped: 0, exitCode: 0 };
+  let host: Counts;
+  let guest: Awaited<ReturnType<typeof runGuestSuite>> | undefined;
+  if (ipvsOnly) {
+    host = none;
+    guest = await runGuestSuite(cluster);
+  } else if (namesHostFiles) {
+    host = await runHostTests(cluster, args);
+  } else {
+    const beside = new Set(['e2e', 'guest', 'helpers']);
+    const dirs = readdirSync(path.join(REPO_ROOT, 'test'), { withFileTypes: true }).filter((d) => d.isDirectory() && !beside.has(d.name));
+    const first = await runHostTests(cluster, [...dirs.map((d) => `test/${d.name}/**/*.test.ts`), ...args]);
+    let e2e: Counts;
+    [e2e, guest] = await Promise.all([runHostTests(cluster, ['test/e2e/**/*.test.ts', ...args]), runGuestSuite(cluster)]);
+    host = { passed: first.passed + e2e.passed, failed: first.failed + e2e.failed, skipped: first.skipped + e2e.skipped, exitCode: first.exitCode || e2e.exitCode };
+  }
   const passed = host.passed + (guest?.passed ?? 0);
   const failed = host.failed + (guest?.failed ?? 0);
   const guestNote = !guest ? '' : guest.skipped ? `; the IPVS guest suite was SKIPPED: ${guest.skipped}` : ` (IPVS guest: ${guest.passed} passed, ${guest.failed} failed)`;

@@ -310,7 +310,9 @@ test('two replicas: exactly one writes; when it stops the other takes over withi
     return s[0]?.endpoints[0]?.addresses[0] === '198.51.100.77';
   }, { timeoutMs: 40_000 });
   const tookMs = Date.now() - killedAt;
-  t.true(tookMs < 15_000 + 2_000 * 2 + 5_000, `took over in ${tookMs} ms`);
+  // Lease duration + two retry periods, plus room for kubectl's patch, the reconcile and the
+  // polling: on a loaded CI machine (load 17-28) those alone took up to 8 s.
+  t.true(tookMs < 15_000 + 2_000 * 2 + 12_000, `took over in ${tookMs} ms`);
   t.true(b.writes.length > 0, 'the new leader writes');
   t.is((await get(ns, 'lease', 'extbackend-operator'))?.spec?.holderIdentity, 'replica-b');
 });
