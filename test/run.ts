@@ -3,9 +3,10 @@
 // no IP_VS). The cluster is stopped however the run ends (failure, Ctrl-C, SIGTERM).
 //   node test/run.ts [ava args]   host tests (all, or the files named) and, for a full run, the guest suite
 //   node test/run.ts --ipvs-only  just the guest suite
-// A full run keeps the tests on real nodes (test/e2e/) out of the busy first phase: they
-// run beside the guest suite, which keeps one core busy (qemu TCG), not both (a rollout
-// beside every other suite at load 17-28 took 114-155 s and timed requests out).
+// A full run gives the tests on real nodes (test/e2e/) the machine to themselves, between
+// the other host tests and the guest suite: beside every other suite (load 17-28) their
+// rollout took 114-155 s and timed requests out, and beside the guest suite its qemu
+// (TCG) agents did not sync within 120 s.
 import { execFileSync, spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -99,8 +100,8 @@ try {
     const beside = new Set(['e2e', 'guest', 'helpers']);
     const dirs = readdirSync(path.join(REPO_ROOT, 'test'), { withFileTypes: true }).filter((d) => d.isDirectory() && !beside.has(d.name));
     const first = await runHostTests(cluster, [...dirs.map((d) => `test/${d.name}/**/*.test.ts`), ...args]);
-    let e2e: Counts;
-    [e2e, guest] = await Promise.all([runHostTests(cluster, ['test/e2e/**/*.test.ts', ...args]), runGuestSuite(cluster)]);
+    const e2e = await runHostTests(cluster, ['test/e2e/**/*.test.ts', ...args]);
+    guest = await runGuestSuite(cluster);
     host = { passed: first.passed + e2e.passed, failed: first.failed + e2e.failed, skipped: first.skipped + e2e.skipped, exitCode: first.exitCode || e2e.exitCode };
   }
   const passed = host.passed + (guest?.passed ?? 0);
