@@ -97,8 +97,8 @@ try {
   } else if (namesHostFiles) {
     host = await runHostTests(cluster, args);
   } else {
-    const beside = new Set(['e2e', 'guest', 'helpers']);
-    const dirs = readdirSync(path.join(REPO_ROOT, 'test'), { withFileTypes: true }).filter((d) => d.isDirectory() && !beside.has(d.name));
+    const ownPhase = new Set(['e2e', 'guest', 'helpers']);
+    const dirs = readdirSync(path.join(REPO_ROOT, 'test'), { withFileTypes: true }).filter((d) => d.isDirectory() && !ownPhase.has(d.name));
     const first = await runHostTests(cluster, [...dirs.map((d) => `test/${d.name}/**/*.test.ts`), ...args]);
     const e2e = await runHostTests(cluster, ['test/e2e/**/*.test.ts', ...args]);
     guest = await runGuestSuite(cluster);
