@@ -89,18 +89,18 @@ export function boolFlag(args: ParsedArgs, name: string): boolean {
 }
 
 export function intFlag(args: ParsedArgs, name: string, min: number, max: number): number | undefined {
-  const v = stringFlag(args, name);
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer in ${min}..${max}, got "${v}"`);
-  return n;
+  return rangedFlag(args, name, min, max, Number.isInteger, 'an integer');
 }
 
 export function numberFlag(args: ParsedArgs, name: string, min: number, max: number): number | undefined {
+  return rangedFlag(args, name, min, max, Number.isFinite, 'a number');
+}
+
+function rangedFlag(args: ParsedArgs, name: string, min: number, max: number, valid: (n: number) => boolean, what: string): number | undefined {
   const v = stringFlag(args, name);
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name} must be a number in ${min}..${max}, got "${v}"`);
+  if (!valid(n) || n < min || n > max) throw new UsageError(`--${name} must be ${what} in ${min}..${max}, got "${v}"`);
   return n;
 }
 

@@ -66,14 +66,8 @@ export class Registry {
     if (!readers) {
       const all: GaugeReader[] = (readers = []);
       this.readers.set(name, all);
-      new client.Gauge({
-        name,
-        help,
-        labelNames: Object.keys(labels),
-        registers: [this.prometheus],
-        collect() {
-          for (const r of all) this.set(r.labels, r.read());
-        },
+      this.collectedGauge(name, help, Object.keys(labels), (gauge) => {
+        for (const r of all) gauge.set(r.labels, r.read());
       });
     }
     readers.push({ read, labels });

@@ -63,18 +63,22 @@ async function agentKubeconfig(lab: Lab): Promise<string> {
   return file;
 }
 
-async function startAgent(w: World, which: 'a' | 'b'): Promise<ChildProcess> {
-  const mode = w.mode;
-  const host = w.nodes[which];
-  const child = host.spawn(process.execPath, [...NODE_ARGS, BIN, 'agent', '--kubeconfig', w.kubeconfig, '--node-name', w.nodeNames[which], '--proxy-mode', mode, '--min-sync-period', '100ms', '--sync-period', '10s', '--http-address', `${host.ip}:10266`], {
+/** An agent in a lab node, logging at info as JSON into `log`, each line tagged `tag: `. */
+export function spawnLabAgent(host: LabHost, o: { kubeconfig: string; nodeName: string; mode: Mode; syncPeriodS: number }, tag: string, log: string[]): ChildProcess {
+  const child = host.spawn(process.execPath, [...NODE_ARGS, BIN, 'agent', '--kubeconfig', o.kubeconfig, '--node-name', o.nodeName, '--proxy-mode', o.mode, '--min-sync-period', '100ms', '--sync-period', `${o.syncPeriodS}s`, '--http-address', `${host.ip}:10266`], {
     ...process.env,
     EXTBACKEND_LOG_LEVEL: 'info',
     EXTBACKEND_LOG_FORMAT: 'json',
   });
-  w.agents.set(which, child);
-  const record = (d: Buffer): void => void w.agentLog.push(...d.toString().split('\n').filter(Boolean).map((l) => `${which}: ${l}`));
+  const record = (d: Buffer): void => void log.push(...d.toString().split('\n').filter(Boolean).map((l) => `${tag}: ${l}`));
   child.stdout?.on('data', record);
   child.stderr?.on('data', record);
+  return child;
+}
+
+async function startAgent(w: World, which: 'a' | 'b'): Promise<ChildProcess> {
+  const child = spawnLabAgent(w.nodes[which], { kubeconfig: w.kubeconfig, nodeName: w.nodeNames[which], mode: w.mode, syncPeriodS: 10 }, which, w.agentLog);
+  w.agents.set(which, child);
   await waitForOutput(child, ['caches synced'], `agent on ${which}`);
   return child;
 }

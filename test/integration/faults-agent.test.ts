@@ -15,17 +15,13 @@ import type { ChildProcess } from 'node:child_process';
 import test, { type ExecutionContext } from 'ava';
 import { svcChain } from '../../src/agent/iptables/render.ts';
 import { shardTable } from '../../src/agent/nftables/render.ts';
-import { REPO_ROOT } from '../../src/devcluster/build.ts';
 import { startLocalCluster, type LocalCluster } from '../../src/devcluster/cluster.ts';
 import { kubeconfigViaAddress } from '../../src/devcluster/pki.ts';
+import { CLIENT, NODE_ARGS, SERVER, spawnLabAgent } from '../helpers/agent-scenario.ts';
 import { waitForOutput } from '../helpers/backends.ts';
 import { kubectlAt, waitFor } from '../helpers/cluster.ts';
 import { createLab, type Lab, type LabHost } from '../helpers/lab.ts';
 
-const BIN = path.join(REPO_ROOT, 'bin', 'extbackend.js');
-const SERVER = path.join(REPO_ROOT, 'test', 'helpers', 'backend-server.ts');
-const CLIENT = path.join(REPO_ROOT, 'test', 'helpers', 'http-client.ts');
-const NODE_ARGS = ['--disable-warning=ExperimentalWarning'];
 const NS = 'faults';
 /** The agents' full resync period: drift is repaired within one (plus the sync itself). */
 const SYNC_PERIOD_S = 5;
@@ -80,16 +76,8 @@ endpoints: [${hosts.map((h) => `{addresses: [${h.ip}], conditions: {ready: true}
 }
 
 async function startAgent(w: World, mode: Mode): Promise<ChildProcess> {
-  const host = w.nodes[mode];
-  const child = host.spawn(process.execPath, [...NODE_ARGS, BIN, 'agent', '--kubeconfig', w.kubeconfig, '--node-name', `node-${mode}`, '--proxy-mode', mode, '--min-sync-period', '100ms', '--sync-period', `${SYNC_PERIOD_S}s`, '--http-address', `${host.ip}:10266`], {
-    ...process.env,
-    EXTBACKEND_LOG_LEVEL: 'info',
-    EXTBACKEND_LOG_FORMAT: 'json',
-  });
+  const child = spawnLabAgent(w.nodes[mode], { kubeconfig: w.kubeconfig, nodeName: `node-${mode}`, mode, syncPeriodS: SYNC_PERIOD_S }, mode, w.agentLog);
   w.agents.set(mode, child);
-  const record = (d: Buffer): void => void w.agentLog.push(...d.toString().split('\n').filter(Boolean).map((l) => `${mode}: ${l}`));
-  child.stdout?.on('data', record);
-  child.stderr?.on('data', record);
   // A busy machine starts node slowly: wait longer than waitForOutput's 20 s.
   const from = w.agentLog.length;
   await waitFor(`the ${mode} agent's caches to sync`, () => w.agentLog.slice(from).some((l) => l.startsWith(`${mode}: `) && l.includes('caches synced')) || (child.exitCode !== null ? Promise.reject(new Error(`agent exited ${child.exitCode}`)) : false), { timeoutMs: 90_000 });
