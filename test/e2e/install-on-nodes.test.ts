@@ -112,6 +112,20 @@ test.serial('apply -k config/overlays/local: the operator replicas and one agent
 });
 
 /** Each running pod's memory as kubelet reports it, in MiB. */
+/** What to look at when a node's rules are not as expected: each agent pod's recent log (and its previous container's), and the node's tables. */
+async function agentDiagnostics(w: World, node: { name: string; netns: string }): Promise<string> {
+  const pods = (await w.kubectl(['-n', SYSTEM, 'get', 'pods', '-l', 'app.kubernetes.io/name=extbackend-agent', '-o', `jsonpath={range .items[?(@.spec.nodeName=="${node.name}")]}{.metadata.name} {.status.containerStatuses[0].restartCount}{"\\n"}{end}`])).trim();
+  const parts = [`${node.name} agent pods (name, restarts): ${pods || 'none'}`, `nft list tables: ${await nodeExec(node.netns, 'nft', ['list', 'tables']).catch((err: Error) => err.message)}`];
+  for (const line of pods.split('\n').filter(Boolean)) {
+    const pod = line.split(' ')[0]!;
+    for (const previous of [false, true]) {
+      const logs = await w.kubectl(['-n', SYSTEM, 'logs', pod, '-c', 'agent', '--tail=40', ...(previous ? ['--previous'] : [])]).catch(() => '');
+      if (logs) parts.push(`--- ${pod}${previous ? ' (previous container)' : ''}:\n${logs}`);
+    }
+  }
+  return parts.join('\n');
+}
+
 async function podMemory(w: World): Promise<string> {
   const parts: string[] = [];
   for (const node of w.cluster.nodes) {
@@ -276,6 +290,7 @@ test.serial('a rolling update of the agent from iptables to nftables drops no re
       const o = await oursOnNode(node.netns);
       return o.iptables.length === 0 ? o : undefined;
     }, { timeoutMs: 30_000 });
+    if (!ours.nftables.length) t.log(await agentDiagnostics(w, node));
     t.true(ours.nftables.length > 0, `${node.name} is programmed with nftables now`);
   }
 });
@@ -311,6 +326,7 @@ test.serial('kubectl delete -k removes the pods, and `agent --cleanup` as docume
   // The rules stay when the agent goes (it never flushes on exit)...
   for (const node of w.cluster.nodes) {
     const ours = await oursOnNode(node.netns);
+    if (!ours.iptables.length && !ours.nftables.length) t.log(await agentDiagnostics(w, node));
     t.true(ours.iptables.length + ours.nftables.length > 0, `${node.name} keeps its rules`);
   }
   await w.kubectl(['delete', 'namespace', NS, '--wait=false']);
