@@ -1,7 +1,9 @@
 // Benchmark: the node agent at 1 000, 5 000 and 10 000 Services x 10 endpoints
-// (selectorless Services with the proxy label and hand-written EndpointSlices) against
+// (selectorless Services and hand-written EndpointSlices, both with the proxy label) against
 // the local control plane, side by side with kube-proxy (built by the control-plane
-// module) over an equal set of Services without the label (the only ones it serves).
+// module) over an equal set of Services and slices without the label (the only ones it
+// serves). Both sets are in the cluster at once: each proxy's RSS is with the other's
+// slices present, as a node's is with the cluster's pod Services.
 // For each size, mode and proxy, a fresh process in its own network namespace: full
 // sync time, one-Service-change sync time (median and max of five changes), rules (and
 // map elements), RSS, and first-packet connect latency: sequential new TCP connections
@@ -59,10 +61,12 @@ try {
   kubectl('create', 'namespace', kpNs);
   const client = await KubeClient.fromKubeConfig(loadKubeConfig(cluster.kubeconfig));
   const slicePath = (space: string): string => `/apis/discovery.k8s.io/v1/namespaces/${space}/endpointslices`;
+  /** Our label on our Services and their slices (the agent watches only those slices; kube-proxy only the others). */
+  const proxyLabel = (space: string): Record<string, string> => (space === ns ? { 'service.kubernetes.io/service-proxy-name': 'extbackend' } : {});
   const sliceBody = (i: number, salt = 0, space = ns) => ({
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',
-    metadata: { name: `svc-${i}`, namespace: space, labels: { 'kubernetes.io/service-name': `svc-${i}`, 'endpointslice.kubernetes.io/managed-by': 'bench' } },
+    metadata: { name: `svc-${i}`, namespace: space, labels: { 'kubernetes.io/service-name': `svc-${i}`, 'endpointslice.kubernetes.io/managed-by': 'bench', ...proxyLabel(space) } },
     addressType: 'IPv4',
     ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
     endpoints: Array.from({ length: ENDPOINTS }, (_, e) => ({ addresses: [endpointIP(i, e, salt)], conditions: { ready: true } })),
@@ -70,7 +74,7 @@ try {
   const created: Record<string, number> = { [ns]: 0, [kpNs]: 0 };
   const grow = async (space: string, to: number): Promise<void> => {
     let next = created[space]!;
-    const labels = space === ns ? { 'service.kubernetes.io/service-proxy-name': 'extbackend' } : {};
+    const labels = proxyLabel(space);
     await Promise.all(
       Array.from({ length: 16 }, async () => {
         while (next < to) {
@@ -87,14 +91,14 @@ try {
   const probeSlice = (space: string, ip: string) => ({
     apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',
-    metadata: { name: 'zz-probe', namespace: space, labels: { 'kubernetes.io/service-name': 'zz-probe', 'endpointslice.kubernetes.io/managed-by': 'bench' } },
+    metadata: { name: 'zz-probe', namespace: space, labels: { 'kubernetes.io/service-name': 'zz-probe', 'endpointslice.kubernetes.io/managed-by': 'bench', ...proxyLabel(space) } },
     addressType: 'IPv4',
     ports: [{ name: 'http', port: PROBE_PORT, protocol: 'TCP' }],
     endpoints: [{ addresses: [ip], conditions: { ready: true } }],
   });
   const probeVip: Record<string, string> = {};
   for (const space of [ns, kpNs]) {
-    const labels = space === ns ? { 'service.kubernetes.io/service-proxy-name': 'extbackend' } : {};
+    const labels = proxyLabel(space);
     const svc = await client.create<{ spec: { clusterIP: string } }>(`/api/v1/namespaces/${space}/services`, { metadata: { name: 'zz-probe', labels }, spec: { ports: [{ name: 'http', port: 80, targetPort: PROBE_PORT }] } });
     probeVip[space] = svc.spec.clusterIP;
     await client.create(slicePath(space), probeSlice(space, '198.18.255.254'));

@@ -83,13 +83,15 @@ export async function startAgent(o: AgentOptions): Promise<RunningAgent> {
   const lastSync = metrics.gauge('extbackend_agent_sync_last_timestamp_seconds', 'When the last successful sync finished (Unix seconds).');
 
   const services = new Informer<Obj>({ client, path: resourcePath({ group: '', version: 'v1', plural: 'services' }), labelSelector: `${PROXY_NAME_LABEL}=${PROXY_NAME}`, log });
-  const slices = new Informer<SliceObj>({ client, path: resourcePath({ group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices' }), log });
+  // Only slices labelled for us, as kube-proxy watches only slices without the label: a pod
+  // restart elsewhere in the cluster is no watch event on any node of ours.
+  const slices = new Informer<SliceObj>({ client, path: resourcePath({ group: 'discovery.k8s.io', version: 'v1', plural: 'endpointslices' }), labelSelector: `${PROXY_NAME_LABEL}=${PROXY_NAME}`, log });
   const nodes = new Informer<NodeObject>({ client, path: resourcePath({ group: '', version: 'v1', plural: 'nodes' }), fieldSelector: `metadata.name=${o.nodeName}`, log });
   const externalCidrs = o.externalIPCIDRs.map((c) => parseCidr(c)).filter((c) => c !== undefined);
   const plane = dataPlane(o, log);
   let lastModel: ProxyModel = { ports: [] };
   const modelCache = new ModelCache();
-  // Every slice in the cluster is watched; a sync looks up our Services' slices only.
+  // A sync looks up each of our Services' slices by its name.
   const sliceIndex = new SliceIndex();
   slices.on((event, slice, old) => sliceIndex.update(event, slice, old));
   let pendingTriggers: number[] = [];

@@ -1,7 +1,6 @@
 // EndpointSlices by the Service they belong to, kept up to date from informer events.
-// The agent watches every slice in the cluster (a selectorless Service's slices may be
-// written by anyone), most of them for Services that are not ours: a sync asks for the
-// slices of our Services only instead of grouping every slice in the cluster again.
+// The agent watches the slices labelled for it; a sync asks for each Service's slices
+// instead of grouping them all again (a slice may also outlive its Service, or come first).
 import { SERVICE_NAME_LABEL } from '../api/labels.ts';
 import type { InformerEvent } from '../runtime/informer.ts';
 import type { SliceInput } from './model.ts';

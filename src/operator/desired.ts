@@ -104,11 +104,19 @@ function baseLabels(eb: ExternalBackend): Record<string, string> {
   return { [APP_MANAGED_BY_LABEL]: FIELD_MANAGER, [BACKEND_LABEL]: eb.metadata.name };
 }
 
+/**
+ * The agent's label, on the Service and on its slices: agents watch only slices that carry
+ * it (as kube-proxy watches only slices without it), so no node holds the cluster's other slices.
+ */
+function proxyLabel(eb: ExternalBackend): Record<string, string> {
+  const svc = eb.spec.service ?? {};
+  return (svc.proxy ?? 'agent') === 'agent' && !isHeadless(eb) ? { [PROXY_NAME_LABEL]: PROXY_NAME } : {};
+}
+
 export function desiredService(eb: ExternalBackend): KubeObject {
   const svc = eb.spec.service ?? {};
   const type = svc.type ?? 'ClusterIP';
-  const labels = baseLabels(eb);
-  if ((svc.proxy ?? 'agent') === 'agent' && type !== 'Headless') labels[PROXY_NAME_LABEL] = PROXY_NAME;
+  const labels = { ...baseLabels(eb), ...proxyLabel(eb) };
   const annotations: Record<string, string> = {};
   if (svc.topologyKeys?.length) annotations[TOPOLOGY_KEYS_ANNOTATION] = svc.topologyKeys.join(',');
   const external = type === 'NodePort' || type === 'LoadBalancer';
@@ -222,7 +230,7 @@ function desiredSlices(eb: ExternalBackend, groups: EndpointGroup[]): KubeObject
           metadata: {
             name: `${eb.metadata.name}-ipv${g.family}-${portsHash}-${i}`,
             namespace: eb.metadata.namespace,
-            labels: { ...baseLabels(eb), [SERVICE_NAME_LABEL]: eb.metadata.name, [MANAGED_BY_LABEL]: MANAGED_BY },
+            labels: { ...baseLabels(eb), ...proxyLabel(eb), [SERVICE_NAME_LABEL]: eb.metadata.name, [MANAGED_BY_LABEL]: MANAGED_BY },
             annotations: topology ? { [ENDPOINT_TOPOLOGY_ANNOTATION]: stableJson(topology) } : {},
             ownerReferences: [ownerReference(eb)],
           },

@@ -68,7 +68,7 @@ spec: {ports: [{name: http, port: 80, targetPort: 8080}]}
 function sliceYaml(name: string, hosts: LabHost[]): string {
   return `apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: ${name}-1, namespace: ${NS}, labels: {kubernetes.io/service-name: ${name}, endpointslice.kubernetes.io/managed-by: faults-test}}
+metadata: {name: ${name}-1, namespace: ${NS}, labels: {kubernetes.io/service-name: ${name}, endpointslice.kubernetes.io/managed-by: faults-test, service.kubernetes.io/service-proxy-name: extbackend}}
 addressType: IPv4
 ports: [{name: http, port: 8080, protocol: TCP}]
 endpoints: [${hosts.map((h) => `{addresses: [${h.ip}], conditions: {ready: true}}`).join(', ')}]

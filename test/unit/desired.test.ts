@@ -51,7 +51,13 @@ test('IPv4 and IPv6 in separate slices, chunked, with the contract labels', (t) 
   for (const x of s) {
     t.is(x.metadata.labels['kubernetes.io/service-name'], 'web');
     t.is(x.metadata.labels['endpointslice.kubernetes.io/managed-by'], 'operator.extbackend.io');
+    t.is(x.metadata.labels['service.kubernetes.io/service-proxy-name'], 'extbackend', 'agents watch only slices with their label');
     t.is(x.metadata.ownerReferences[0]!.uid, 'uid-1');
+  }
+  // Slices of a Service the agent does not proxy do not carry its label either.
+  for (const service of [{ proxy: 'kube-proxy' as const }, { type: 'Headless' as const }]) {
+    const other = backend({ addresses, service });
+    for (const x of desiredState(other, literal(other)).slices) t.is(x.metadata.labels?.['service.kubernetes.io/service-proxy-name'], undefined, JSON.stringify(service));
   }
   t.is(new Set(s.map((x) => x.metadata.name)).size, 4, 'deterministic, distinct names');
   t.deepEqual(desiredState(eb, literal(eb)).slices.map((x) => x.metadata.name), s.map((x) => x.metadata.name), 'same input, same names');
