@@ -1,7 +1,9 @@
 // Benchmark: N ExternalBackends x M addresses against the local control plane.
 // Prints time to convergence, API writes per object, writes on a restart (resync),
 // and the operator's peak RSS. Usage: node bench/operator.ts [backends] [addresses]
-// Environment: BENCH_METRICS_OUT=file (the resynced operator's last /metrics page, to compare names).
+// Environment: BENCH_METRICS_OUT=file (the resynced operator's last /metrics page, to compare names),
+// BENCH_NODES=N (N Node objects shaped like a kubelet's, made before the operator starts: the
+// operator caches every Node for the address policy, so its RSS grows with the cluster).
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -10,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT } from '../src/devcluster/build.ts';
 import { startLocalCluster } from '../src/devcluster/cluster.ts';
 import { KubeClient, loadKubeConfig } from '../src/runtime/kube-client.ts';
+import { makeNodes, NODE_BYTES } from './kubelet-nodes.ts';
 import { OPERATOR_NODE_OPTIONS, spawnOperator, sumMetric, withCleanup, type OperatorProcess } from './harness.ts';
 
 const backends = Number(process.argv[2] ?? 1000);
@@ -30,6 +33,8 @@ try {
   kubectl('wait', '--for=condition=Established', 'crd', '--all');
   kubectl('create', 'namespace', ns);
   const client = await KubeClient.fromKubeConfig(loadKubeConfig(cluster.kubeconfig));
+  const nodes = Number(process.env.BENCH_NODES ?? 0);
+  const nodesMadeIn = await makeNodes(client, nodes);
 
   operator = spawnOperator(cluster.kubeconfig, ['--workers=8']);
   await operator.metrics();
@@ -84,6 +89,7 @@ try {
 
   const owned = backends * 3; // Service, one EndpointSlice, Endpoints
   console.log(`operator benchmark: ${backends} ExternalBackends x ${perBackend} addresses (Kubernetes ${cluster.version}, ${os.cpus().length} CPUs, NODE_OPTIONS="${process.env.BENCH_NODE_OPTIONS ?? OPERATOR_NODE_OPTIONS}")`);
+  if (nodes) console.log(`  ${nodes} kubelet-shaped Nodes in the cluster (made in ${nodesMadeIn.toFixed(0)} s, ${NODE_BYTES} bytes of JSON each)`);
   console.log(`  create ${backends} objects:               ${((created - started) / 1000).toFixed(1)} s`);
   console.log(`  converged (every slice + status):   ${((converged - started) / 1000).toFixed(1)} s after the first create (goal < 60 s)`);
   console.log(`  API writes:                         ${writes} = ${(writes / backends).toFixed(2)} per backend (owned objects + status = ${(owned + backends) / backends})`);
@@ -93,3 +99,4 @@ try {
 } finally {
   await cleanup();
 }
+

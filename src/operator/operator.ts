@@ -80,6 +80,20 @@ interface NodeLike {
   spec?: { podCIDR?: string; podCIDRs?: string[] };
   status?: { addresses?: { type: string; address: string }[] };
 }
+/** The part of a Node the address policy reads. */
+function nodeFacts(node: NodeLike): NodeLike {
+  const { name, resourceVersion } = node.metadata;
+  return {
+    metadata: { name, resourceVersion },
+    spec: { podCIDR: node.spec?.podCIDR, podCIDRs: node.spec?.podCIDRs },
+    status: { addresses: node.status?.addresses?.map(({ type, address }) => ({ type, address })) },
+  };
+}
+
+function sameNodeFacts(a: NodeLike, b: NodeLike): boolean {
+  return JSON.stringify([a.spec, a.status]) === JSON.stringify([b.spec, b.status]);
+}
+
 interface ServiceCIDRLike {
   metadata: KubeObject['metadata'];
   spec?: { cidrs?: string[] };
@@ -109,7 +123,8 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   const endpoints = informer<KubeObject>(collectionPath('', 'v1', 'endpoints', o.namespace), BACKEND_LABEL);
 
   // Facts for the address policy: nodes, service CIDRs, the API server's own endpoints.
-  const nodes = informer<NodeLike>(collectionPath('', 'v1', 'nodes'));
+  // Of a Node only its pod CIDRs and addresses are kept (not its images and conditions).
+  const nodes = new Informer<NodeLike>({ client, path: collectionPath('', 'v1', 'nodes'), log: log.child({ informer: 'nodes' }) }, nodeFacts);
   const apiSlices = informer<SliceLike>(collectionPath('discovery.k8s.io', 'v1', 'endpointslices', 'default'), `${SERVICE_NAME_LABEL}=kubernetes`);
   let serviceCIDRs: Informer<ServiceCIDRLike> | undefined = informer<ServiceCIDRLike>(collectionPath('networking.k8s.io', 'v1', 'servicecidrs'));
   // Started while the API server is away (a restart during an outage): wait for it, do not exit.
@@ -202,7 +217,11 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     policy = buildAddressPolicy(now, o.allowClusterAddresses);
     for (const eb of backends.list()) controller.queue.add(objectKey(eb));
   };
-  for (const i of [nodes, apiSlices, ...(serviceCIDRs ? [serviceCIDRs] : [])]) i.on(onFactsChange);
+  // A Node's status is rewritten every few minutes with nothing the policy reads changed.
+  nodes.on((event, node, old) => {
+    if (event !== 'update' || !old || !sameNodeFacts(node, old)) onFactsChange();
+  });
+  for (const i of [apiSlices, ...(serviceCIDRs ? [serviceCIDRs] : [])]) i.on(onFactsChange);
 
   let ready = false;
   const idle = (): boolean => ready && controller.queue.length === 0 && controller.queue.active === 0;

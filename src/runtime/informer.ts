@@ -25,12 +25,16 @@ export interface InformerOptions {
   maxBackoffMs?: number;
 }
 
+/** What the cache keeps of each object, as client-go's SetTransform: the fields a consumer reads, not the whole object. */
+export type InformerTransform<T> = (obj: T) => T;
+
 export function objectKey(obj: { metadata: { name: string; namespace?: string } }): string {
   return obj.metadata.namespace ? `${obj.metadata.namespace}/${obj.metadata.name}` : obj.metadata.name;
 }
 
 export class Informer<T extends HasMetadata> {
   private readonly cache = new Map<string, T>();
+  private readonly transform: InformerTransform<T>;
   private readonly handlers: InformerHandler<T>[] = [];
   private readonly options: InformerOptions;
   private readonly abort = new AbortController();
@@ -41,8 +45,9 @@ export class Informer<T extends HasMetadata> {
   readonly synced: Promise<void>;
   hasSynced = false;
 
-  constructor(options: InformerOptions) {
+  constructor(options: InformerOptions, transform: InformerTransform<T> = (obj) => obj) {
     this.options = options;
+    this.transform = transform;
     this.synced = new Promise((resolve) => (this.markSynced = resolve));
   }
 
@@ -96,7 +101,7 @@ export class Informer<T extends HasMetadata> {
 
   /** Replaces the cache with a fresh list, emitting only real differences. */
   private replace(items: T[]): void {
-    const fresh = new Map(items.map((o) => [objectKey(o), o]));
+    const fresh = new Map(items.map((o) => [objectKey(o), this.transform(o)]));
     for (const [key, old] of this.cache) {
       if (!fresh.has(key)) {
         this.cache.delete(key);
@@ -112,14 +117,15 @@ export class Informer<T extends HasMetadata> {
   }
 
   private apply(ev: WatchEvent<T>): void {
-    const key = objectKey(ev.object);
+    const obj = this.transform(ev.object);
+    const key = objectKey(obj);
     const old = this.cache.get(key);
     if (ev.type === 'DELETED') {
       this.cache.delete(key);
-      this.emit('delete', ev.object);
+      this.emit('delete', obj);
     } else {
-      this.cache.set(key, ev.object);
-      this.emit(old ? 'update' : 'add', ev.object, old);
+      this.cache.set(key, obj);
+      this.emit(old ? 'update' : 'add', obj, old);
     }
   }
 

@@ -236,6 +236,32 @@ spec: {addresses: [{ip: 198.51.100.9}, {ip: 10.96.0.1}], ports: [{port: 443}]}
   t.deepEqual(slice!.endpoints.map((e) => e.addresses[0]), ['198.51.100.9'], 'the refused address is not published');
 });
 
+test('a Node\'s addresses and pod CIDR are refused, and follow the Node when it changes', async (t) => {
+  const ns = await testNamespace(t);
+  const node = `facts-${ns}`;
+  // A Node of no kubelet, with addresses no other test uses (the whole cluster's operators see it).
+  await applyYaml(`{apiVersion: v1, kind: Node, metadata: {name: ${node}}, spec: {podCIDRs: [198.51.104.0/24]}}`);
+  t.teardown(() => kubectl(['delete', 'node', node, '--ignore-not-found', '--wait=false']));
+  const setAddress = (ip: string) => kubectl(['patch', 'node', node, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status: { addresses: [{ type: 'InternalIP', address: ip }, { type: 'Hostname', address: node }] } })]);
+  await setAddress('198.51.100.231');
+  await startTestOperator(t, ns);
+  await applyYaml(`
+apiVersion: extbackend.io/v1alpha1
+kind: ExternalBackend
+metadata: {name: on-nodes, namespace: ${ns}}
+spec: {addresses: [{ip: 198.51.100.231}, {ip: 198.51.104.7}, {ip: 198.51.100.232}], ports: [{port: 443}]}
+`);
+  const refusal = async (ip: string): Promise<string | undefined> => (await get(ns, 'externalbackend', 'on-nodes'))?.status?.addresses?.find((a) => a.address === ip && !a.ready)?.message;
+  await waitFor('the node address and the pod address refused', async () => (await refusal('198.51.100.231')) && (await refusal('198.51.104.7')));
+  t.regex((await refusal('198.51.100.231'))!, /node/i);
+  t.regex((await refusal('198.51.104.7'))!, /pod CIDR 198\.51\.104\.0\/24/);
+  t.is(await refusal('198.51.100.232'), undefined);
+  // The Node's address moves: the old one is allowed again, the new one refused.
+  await setAddress('198.51.100.232');
+  await waitFor('the refusal to follow the Node', async () => !(await refusal('198.51.100.231')) && (await refusal('198.51.100.232')));
+  t.truthy(await refusal('198.51.104.7'));
+});
+
 test('legacyEndpoints false: no Endpoints object, and an existing one is removed', async (t) => {
   const ns = await testNamespace(t);
   await startTestOperator(t, ns);
