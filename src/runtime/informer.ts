@@ -99,9 +99,9 @@ export class Informer<T extends HasMetadata> {
     }
   }
 
-  /** Replaces the cache with a fresh list, emitting only real differences. */
+  /** Replaces the cache with a fresh list (already transformed), emitting only real differences. */
   private replace(items: T[]): void {
-    const fresh = new Map(items.map((o) => [objectKey(o), this.transform(o)]));
+    const fresh = new Map(items.map((o) => [objectKey(o), o]));
     for (const [key, old] of this.cache) {
       if (!fresh.has(key)) {
         this.cache.delete(key);
@@ -144,7 +144,7 @@ export class Informer<T extends HasMetadata> {
     while (!signal.aborted) {
       try {
         if (this.resourceVersion === undefined) {
-          const list = await client.list<T>(path, this.selectors());
+          const list = await client.list<T>(path, this.selectors(), this.transform);
           this.replace(list.items);
           this.resourceVersion = list.metadata.resourceVersion;
           backoff = initial;

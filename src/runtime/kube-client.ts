@@ -288,15 +288,18 @@ export class KubeClient {
     return this.request<T>('GET', path, { ...options, query });
   }
 
-  /** Lists every page. Items get apiVersion and kind, which list responses leave out. */
-  async list<T>(path: string, query: Query = {}): Promise<ObjectList<T>> {
+  /**
+   * Lists every page. Items get apiVersion and kind, which list responses leave out;
+   * `keep` maps each item as its page arrives, so only what it keeps outlives the page.
+   */
+  async list<T>(path: string, query: Query = {}, keep: (item: T) => T = (item) => item): Promise<ObjectList<T>> {
     const items: T[] = [];
     let cont: string | undefined;
     let resourceVersion = '';
     do {
       const page = await this.get<ObjectList<T> & { apiVersion?: string; kind?: string }>(path, { limit: 500, ...query, continue: cont });
       const typeMeta = { apiVersion: page.apiVersion, kind: page.kind?.replace(/List$/, '') };
-      for (const item of page.items ?? []) items.push({ ...typeMeta, ...item });
+      for (const item of page.items ?? []) items.push(keep({ ...typeMeta, ...item }));
       resourceVersion = page.metadata.resourceVersion;
       cont = page.metadata.continue || undefined;
     } while (cont);
