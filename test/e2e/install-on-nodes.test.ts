@@ -6,7 +6,7 @@
 //
 // One cluster for the whole file, so the steps run in order and build on each other.
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -46,14 +46,42 @@ function setUp(): Promise<World> {
   return world;
 }
 
-async function nodeExec(netns: string, command: string, args: string[]): Promise<string> {
-  return (await run('ip', ['netns', 'exec', netns, command, ...args], { maxBuffer: 64 * 1024 * 1024 })).stdout;
+interface NodeRef {
+  name: string;
+  netns: string;
+}
+
+/**
+ * The node's network namespace as its kubelet's (the one its pods and hostNetwork
+ * agent use), by /proc; the /run/netns name only when no kubelet runs. In two full runs
+ * the name's namespace was found with no table at all after the rollout while the agent
+ * logged no drift and pods' requests all succeeded; the steps log when the two differ.
+ */
+function nodeNetnsPath(node: NodeRef): string {
+  const pid = kubeletPid(node.name);
+  return pid ? `/proc/${pid}/ns/net` : `/run/netns/${node.netns}`;
+}
+
+function kubeletPid(nodeName: string): string | undefined {
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'kubelet') continue;
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(`--hostname-override=${nodeName}`)) return pid;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return undefined;
+}
+
+async function nodeExec(node: NodeRef, command: string, args: string[]): Promise<string> {
+  return (await run('nsenter', [`--net=${nodeNetnsPath(node)}`, '--', command, ...args], { maxBuffer: 64 * 1024 * 1024 })).stdout;
 }
 
 /** Rules, tables and virtual servers of ours on a node (for "nothing left behind"). */
-async function oursOnNode(netns: string): Promise<{ iptables: string[]; nftables: string[] }> {
-  const saved = (await nodeExec(netns, 'iptables-save', [])) + (await nodeExec(netns, 'ip6tables-save', []));
-  const tables = await nodeExec(netns, 'nft', ['list', 'tables']);
+async function oursOnNode(node: NodeRef): Promise<{ iptables: string[]; nftables: string[] }> {
+  const saved = (await nodeExec(node, 'iptables-save', [])) + (await nodeExec(node, 'ip6tables-save', []));
+  const tables = await nodeExec(node, 'nft', ['list', 'tables']);
   return {
     iptables: saved.split('\n').filter((l) => /\bXB-/.test(l)),
     nftables: tables.split('\n').filter((l) => /\bextbackend/.test(l)),
@@ -97,7 +125,7 @@ test.serial('apply -k config/overlays/local: the operator replicas and one agent
   t.deepEqual(agents.map((p) => p.spec.nodeName).sort(), ['node-0', 'node-1']);
   t.is(pods.items.filter((p) => p.metadata.labels['app.kubernetes.io/name'] === 'extbackend-operator' && p.status.phase === 'Running').length, 2);
   // The init container set what the agent needs on the node (it runs before the agent, as root).
-  for (const node of w.cluster.nodes) t.is((await nodeExec(node.netns, 'sysctl', ['-n', 'net.ipv4.ip_forward'])).trim(), '1');
+  for (const node of w.cluster.nodes) t.is((await nodeExec(node, 'sysctl', ['-n', 'net.ipv4.ip_forward'])).trim(), '1');
 
   // Client pods, one per node, scheduled by kube-scheduler.
   await w.kubectl(['create', 'namespace', NS]);
@@ -112,10 +140,42 @@ test.serial('apply -k config/overlays/local: the operator replicas and one agent
 });
 
 /** Each running pod's memory as kubelet reports it, in MiB. */
+function netnsInode(file: string): string {
+  try {
+    return String(statSync(file).ino);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? 'error';
+  }
+}
+
+/** kubelet, containerd, kube-proxy and Node.js processes with their network namespace (inode). */
+function nodeProcesses(): string {
+  const out: string[] = [];
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+      if (!/^(kubelet|containerd|kube-proxy|node)$/.test(comm)) continue;
+      const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(1, 4).join(' ').slice(0, 60);
+      out.push(`${pid} ${comm} [${args}] net:${/\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/net`))?.[1]}`);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out.join('; ');
+}
+
 /** What to look at when a node's rules are not as expected: each agent pod's recent log (and its previous container's), and the node's tables. */
-async function agentDiagnostics(w: World, node: { name: string; netns: string }): Promise<string> {
+async function agentDiagnostics(w: World, node: NodeRef): Promise<string> {
   const pods = (await w.kubectl(['-n', SYSTEM, 'get', 'pods', '-l', 'app.kubernetes.io/name=extbackend-agent', '-o', `jsonpath={range .items[?(@.spec.nodeName=="${node.name}")]}{.metadata.name} {.status.containerStatuses[0].restartCount}{"\\n"}{end}`])).trim();
-  const parts = [`${node.name} agent pods (name, restarts): ${pods || 'none'}`, `nft list tables: ${await nodeExec(node.netns, 'nft', ['list', 'tables']).catch((err: Error) => err.message)}`];
+  const parts = [
+    `${node.name} agent pods (name, restarts): ${pods || 'none'}`,
+    `nft list tables (kubelet's namespace): ${await nodeExec(node, 'nft', ['list', 'tables']).catch((err: Error) => err.message)}`,
+    `nft list tables (/run/netns/${node.netns}): ${(await run('ip', ['netns', 'exec', node.netns, 'nft', 'list', 'tables']).catch((err: Error) => ({ stdout: err.message }))).stdout}`,
+    `kubelet's namespace ${netnsInode(nodeNetnsPath(node))}`,
+    // Which network namespace each name and each node process is in (a name that no longer leads to the node's would explain an empty listing).
+    `/run/netns: ${readdirSync('/run/netns').map((n) => `${n}=${netnsInode(`/run/netns/${n}`)}`).join(' ')}`,
+    `processes: ${nodeProcesses()}`,
+  ];
   for (const line of pods.split('\n').filter(Boolean)) {
     const pod = line.split(' ')[0]!;
     for (const previous of [false, true]) {
@@ -257,7 +317,7 @@ const post = async (p, body) => (await fetch('http://etcd-k8s.kube-system:2379' 
 test.serial('a rolling update of the agent from iptables to nftables drops no request, and leaves no iptables rules of ours', async (t) => {
   t.timeout(8 * 60_000);
   const w = await setUp();
-  for (const node of w.cluster.nodes) t.true((await oursOnNode(node.netns)).iptables.length > 0, `${node.name} has our iptables rules before`);
+  for (const node of w.cluster.nodes) t.true((await oursOnNode(node)).iptables.length > 0, `${node.name} has our iptables rules before`);
   // A user's overlay on top of the local one switches the mode.
   const overlay = await userOverlay(t, 'config/overlays/local', `configMapGenerator:\n- name: extbackend-agent\n  namespace: ${SYSTEM}\n  behavior: merge\n  literals: [proxy-mode=nftables]\n`);
   // Clients on both nodes, a new connection every 20 ms, throughout the rollout.
@@ -287,9 +347,10 @@ test.serial('a rolling update of the agent from iptables to nftables drops no re
   t.log(`pod memory after the rollout: ${await podMemory(w)}`);
   for (const node of w.cluster.nodes) {
     const ours = await waitFor(`${node.name}: iptables leftovers removed`, async () => {
-      const o = await oursOnNode(node.netns);
+      const o = await oursOnNode(node);
       return o.iptables.length === 0 ? o : undefined;
     }, { timeoutMs: 30_000 });
+    if (netnsInode(nodeNetnsPath(node)) !== netnsInode(`/run/netns/${node.netns}`)) t.log(`${node.name}: /run/netns/${node.netns} is not the kubelet's network namespace`);
     if (!ours.nftables.length) t.log(await agentDiagnostics(w, node));
     t.true(ours.nftables.length > 0, `${node.name} is programmed with nftables now`);
   }
@@ -325,7 +386,7 @@ test.serial('kubectl delete -k removes the pods, and `agent --cleanup` as docume
   await waitFor('no agent pods', async () => (await w.kubectl(['-n', SYSTEM, 'get', 'pods', '-l', 'app.kubernetes.io/name=extbackend-agent', '-o', 'name'])).trim() === '', { timeoutMs: 60_000 });
   // The rules stay when the agent goes (it never flushes on exit)...
   for (const node of w.cluster.nodes) {
-    const ours = await oursOnNode(node.netns);
+    const ours = await oursOnNode(node);
     if (!ours.iptables.length && !ours.nftables.length) t.log(await agentDiagnostics(w, node));
     t.true(ours.iptables.length + ours.nftables.length > 0, `${node.name} keeps its rules`);
   }
@@ -341,7 +402,7 @@ test.serial('kubectl delete -k removes the pods, and `agent --cleanup` as docume
   for (const node of w.cluster.nodes) {
     let left: unknown;
     await waitFor(`${node.name}: nothing of ours`, async () => {
-      const o = await oursOnNode(node.netns);
+      const o = await oursOnNode(node);
       left = o;
       return o.iptables.length === 0 && o.nftables.length === 0;
     }, { timeoutMs: 60_000 }).catch((err: Error) => {
