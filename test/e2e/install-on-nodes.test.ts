@@ -148,14 +148,16 @@ function netnsInode(file: string): string {
   }
 }
 
-/** kubelet, containerd, kube-proxy and Node.js processes with their network namespace (inode). */
+/** kubelet, containerd, kube-proxy and extbackend processes with their network namespace (inode). */
 function nodeProcesses(): string {
   const out: string[] = [];
   for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
     try {
       const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-      if (!/^(kubelet|containerd|kube-proxy|node)$/.test(comm)) continue;
-      const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(1, 4).join(' ').slice(0, 60);
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      // The node's daemons, and our agents and operators wherever they run (their comm is Node's thread name).
+      if (!/^(kubelet|containerd|kube-proxy)$/.test(comm) && !cmdline.some((a) => a.endsWith('extbackend.js'))) continue;
+      const args = cmdline.slice(1, 5).join(' ').slice(0, 80);
       out.push(`${pid} ${comm} [${args}] net:${/\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/net`))?.[1]}`);
     } catch {
       // gone meanwhile
@@ -178,6 +180,7 @@ async function agentDiagnostics(w: World, node: NodeRef): Promise<string> {
   ];
   for (const line of pods.split('\n').filter(Boolean)) {
     const pod = line.split(' ')[0]!;
+    parts.push(`${pod} sees: ${(await w.kubectl(['-n', SYSTEM, 'exec', pod, '-c', 'agent', '--', 'nft', 'list', 'tables']).catch((err: Error) => err.message)).trim() || 'no tables'}`);
     for (const previous of [false, true]) {
       const logs = await w.kubectl(['-n', SYSTEM, 'logs', pod, '-c', 'agent', '--tail=40', ...(previous ? ['--previous'] : [])]).catch(() => '');
       if (logs) parts.push(`--- ${pod}${previous ? ' (previous container)' : ''}:\n${logs}`);
