@@ -6,13 +6,14 @@
 //
 // One cluster for the whole file, so the steps run in order and build on each other.
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import test, { type ExecutionContext } from 'ava';
 import { REPO_ROOT } from '../../src/devcluster/build.ts';
+import { systemCommand } from '../../src/net/system-command.ts';
 import { installMonitoringCrds } from '../../src/devcluster/prometheus-build.ts';
 import type { LocalCluster } from '../../src/devcluster/cluster.ts';
 import { kubectlAt, waitFor } from '../helpers/cluster.ts';
@@ -51,31 +52,10 @@ interface NodeRef {
   netns: string;
 }
 
-/**
- * The node's network namespace as its kubelet's (the one its pods and hostNetwork
- * agent use), by /proc; the /run/netns name only when no kubelet runs. In two full runs
- * the name's namespace was found with no table at all after the rollout while the agent
- * logged no drift and pods' requests all succeeded; the steps log when the two differ.
- */
-function nodeNetnsPath(node: NodeRef): string {
-  const pid = kubeletPid(node.name);
-  return pid ? `/proc/${pid}/ns/net` : `/run/netns/${node.netns}`;
-}
-
-function kubeletPid(nodeName: string): string | undefined {
-  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'kubelet') continue;
-      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(`--hostname-override=${nodeName}`)) return pid;
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return undefined;
-}
-
+// By absolute path: under `npm test`, PATH starts with node_modules/.bin, where `nft` is
+// @vercel/nft's CLI (it printed nothing and exited 0: "node-0 has no tables" in CI).
 async function nodeExec(node: NodeRef, command: string, args: string[]): Promise<string> {
-  return (await run('nsenter', [`--net=${nodeNetnsPath(node)}`, '--', command, ...args], { maxBuffer: 64 * 1024 * 1024 })).stdout;
+  return (await run(systemCommand('ip'), ['netns', 'exec', node.netns, systemCommand(command), ...args], { maxBuffer: 64 * 1024 * 1024 })).stdout;
 }
 
 /** Rules, tables and virtual servers of ours on a node (for "nothing left behind"). */
@@ -140,44 +120,10 @@ test.serial('apply -k config/overlays/local: the operator replicas and one agent
 });
 
 /** Each running pod's memory as kubelet reports it, in MiB. */
-function netnsInode(file: string): string {
-  try {
-    return String(statSync(file).ino);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? 'error';
-  }
-}
-
-/** kubelet, containerd, kube-proxy and extbackend processes with their network namespace (inode). */
-function nodeProcesses(): string {
-  const out: string[] = [];
-  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      // The node's daemons, and our agents and operators wherever they run (their comm is Node's thread name).
-      if (!/^(kubelet|containerd|kube-proxy)$/.test(comm) && !cmdline.some((a) => a.endsWith('extbackend.js'))) continue;
-      const args = cmdline.slice(1, 5).join(' ').slice(0, 80);
-      out.push(`${pid} ${comm} [${args}] net:${/\[(\d+)\]/.exec(readlinkSync(`/proc/${pid}/ns/net`))?.[1]}`);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out.join('; ');
-}
-
-/** What to look at when a node's rules are not as expected: each agent pod's recent log (and its previous container's), and the node's tables. */
+/** What to look at when a node's rules are not as expected: each agent pod's view of the tables, its recent log (and its previous container's), and the node's tables. */
 async function agentDiagnostics(w: World, node: NodeRef): Promise<string> {
   const pods = (await w.kubectl(['-n', SYSTEM, 'get', 'pods', '-l', 'app.kubernetes.io/name=extbackend-agent', '-o', `jsonpath={range .items[?(@.spec.nodeName=="${node.name}")]}{.metadata.name} {.status.containerStatuses[0].restartCount}{"\\n"}{end}`])).trim();
-  const parts = [
-    `${node.name} agent pods (name, restarts): ${pods || 'none'}`,
-    `nft list tables (kubelet's namespace): ${await nodeExec(node, 'nft', ['list', 'tables']).catch((err: Error) => err.message)}`,
-    `nft list tables (/run/netns/${node.netns}): ${(await run('ip', ['netns', 'exec', node.netns, 'nft', 'list', 'tables']).catch((err: Error) => ({ stdout: err.message }))).stdout}`,
-    `kubelet's namespace ${netnsInode(nodeNetnsPath(node))}`,
-    // Which network namespace each name and each node process is in (a name that no longer leads to the node's would explain an empty listing).
-    `/run/netns: ${readdirSync('/run/netns').map((n) => `${n}=${netnsInode(`/run/netns/${n}`)}`).join(' ')}`,
-    `processes: ${nodeProcesses()}`,
-  ];
+  const parts = [`${node.name} agent pods (name, restarts): ${pods || 'none'}`, `nft list tables: ${await nodeExec(node, 'nft', ['list', 'tables']).catch((err: Error) => err.message)}`];
   for (const line of pods.split('\n').filter(Boolean)) {
     const pod = line.split(' ')[0]!;
     parts.push(`${pod} sees: ${(await w.kubectl(['-n', SYSTEM, 'exec', pod, '-c', 'agent', '--', 'nft', 'list', 'tables']).catch((err: Error) => err.message)).trim() || 'no tables'}`);
@@ -353,7 +299,6 @@ test.serial('a rolling update of the agent from iptables to nftables drops no re
       const o = await oursOnNode(node);
       return o.iptables.length === 0 ? o : undefined;
     }, { timeoutMs: 30_000 });
-    if (netnsInode(nodeNetnsPath(node)) !== netnsInode(`/run/netns/${node.netns}`)) t.log(`${node.name}: /run/netns/${node.netns} is not the kubelet's network namespace`);
     if (!ours.nftables.length) t.log(await agentDiagnostics(w, node));
     t.true(ours.nftables.length > 0, `${node.name} is programmed with nftables now`);
   }
